@@ -1,0 +1,68 @@
+"""
+The access log: one JSON object per line, one line per connection.
+
+Written to a file (appending, line-buffered) or to standard output.
+L{AccessLog.reopen} closes and reopens the file, for log rotation
+(C{logrotate} moves the file, then the daemon gets SIGUSR1 or SIGHUP).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from twisted.logger import Logger
+
+__all__ = ["AccessLog"]
+
+log = Logger()
+
+
+class AccessLog:
+    """
+    @param path: a file path, C{"-"} for standard output, or C{""} for no
+        access log at all.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._own = False
+        self.reopen()
+
+    def __bool__(self) -> bool:
+        return self._file is not None
+
+    def reopen(self) -> None:
+        """(Re)open the destination; a failure is logged and leaves the log off."""
+        self.close()
+        if not self.path:
+            return
+        if self.path == "-":
+            # The process's real standard output: under twistd, sys.stdout
+            # is redirected into the log, which would wrap every line.
+            self._file = sys.__stdout__
+            return
+        try:
+            self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+            self._own = True
+        except OSError as error:
+            log.error("cannot open the access log {path}: {error}", path=self.path, error=error.strerror)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            if not self._own:
+                self._file.flush()
+        except (OSError, ValueError) as error:
+            # A full disk must not take the proxy down with it.
+            log.error("cannot write the access log {path}: {error}", path=self.path, error=error)
+
+    def close(self) -> None:
+        if self._own and self._file is not None:
+            self._file.close()
+        self._file = None
+        self._own = False

@@ -1,0 +1,656 @@
+"""
+The config file: TOML in, frozen dataclasses out.
+
+Everything is validated before anything is used, so a start or a reload
+either gets a whole, consistent L{Config} or one L{ConfigError} whose message
+names the key and the problem (C{proxy.hello_timeout: expected a number,
+got 'soon'}).  Unknown keys are errors too: a typo must not silently become
+a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from sniproxy.interfaces import Address
+
+__all__ = [
+    "AdminConfig",
+    "AppConfig",
+    "Config",
+    "ConfigError",
+    "DNSConfig",
+    "LogConfig",
+    "ProxyConfig",
+    "RoutingConfig",
+    "StaticTarget",
+    "SubdomainConfig",
+    "SystemConfig",
+    "TXTConfig",
+    "load_config",
+    "parse_address",
+    "parse_config",
+    "validate_hostname",
+]
+
+SOURCES = ("static", "subdomain", "txt", "system")
+
+
+class ConfigError(Exception):
+    """
+    The config is unusable.  C{str(error)} is one line naming the key (or
+    the file) and the problem.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# ---------------------------------------------------------------- value types
+
+
+@dataclass(frozen=True, slots=True)
+class StaticTarget:
+    """
+    The right-hand side of a C{[routing.static]} entry: a fixed address, or
+    an app from the registry on a port.
+    """
+
+    address: Address | None = None
+    app: str | None = None
+    port: int = 443
+    proxy_protocol: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppBackend:
+    """An app instance; C{port=None} means "the port the route asks for"."""
+
+    host: str
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    backends: tuple[AppBackend, ...]
+    proxy_protocol: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
+    hello_timeout: float = 5.0
+    max_hello_bytes: int = 65536
+    routing_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    connect_stagger: float = 0.25
+    idle_timeout: float = 600.0
+    shutdown_timeout: float = 10.0
+    fallback: Address | None = None
+    fallback_proxy_protocol: int = 0
+    max_connections: int = 10000
+    max_connections_per_client: int = 256
+    max_pending_per_name: int = 1000
+    accept_proxy_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubdomainConfig:
+    base_domains: tuple[str, ...] = ()
+    non_passthrough: str = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class TXTConfig:
+    prefix: str = "_dstack-app-address"
+    legacy_prefix: str = "_tapp-address"
+    wildcard_prefix: str = "_dstack-app-address-wildcard"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemConfig:
+    allow: tuple[str, ...] = ()
+    port: int = 443
+    allow_private: bool = False
+    timeout: float = 2.0
+    threads: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    sources: tuple[str, ...] = ("static",)
+    static: Mapping[str, StaticTarget] = field(default_factory=dict)
+    subdomain: SubdomainConfig = SubdomainConfig()
+    txt: TXTConfig = TXTConfig()
+    system: SystemConfig = SystemConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    servers: tuple[tuple[str, int], ...] = ()
+    resolv_conf: str = "/etc/resolv.conf"
+    timeout: float = 1.0
+    attempts: int = 2
+    deadline: float = 3.0
+    min_ttl: float = 0.0
+    max_ttl: float = 86400.0
+    max_negative_ttl: float = 10.0
+    failure_backoff: float = 2.0
+    max_stale: float = 86400.0
+    stale_wait: float = 0.0
+    refresh_ahead: float = 0.1
+    max_entries: int = 10000
+    prefetch: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    access: str = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    proxy: ProxyConfig = ProxyConfig()
+    routing: RoutingConfig = RoutingConfig()
+    apps: Mapping[str, AppConfig] = field(default_factory=dict)
+    dns: DNSConfig = DNSConfig()
+    log: LogConfig = LogConfig()
+    admin: AdminConfig = AdminConfig()
+    path: str = ""
+
+
+# ---------------------------------------------------------------- primitives
+
+
+def _describe(value: object) -> str:
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} {text}"
+
+
+def validate_hostname(name: str) -> str:
+    """
+    Normalise a DNS host name (lower case, one trailing dot stripped) and
+    check it: labels of 1-63 letters, digits and hyphens, not starting or
+    ending with a hyphen (underscores allowed, for C{_dstack-app-address}
+    style owner names), 253 characters at most.
+
+    @raise ValueError: with the reason, when the name is not valid.
+    """
+    if not isinstance(name, str):
+        raise ValueError("not a string")
+    if not name.isascii():
+        # Before lower(): it maps some non-ASCII letters (the Kelvin sign) to ASCII.
+        raise ValueError(f"{name!r} is not ASCII (write an IDN as its xn-- A-label)")
+    if name.endswith("."):
+        name = name[:-1]
+    name = name.lower()
+    if not name:
+        raise ValueError("empty name")
+    if len(name) > 253:
+        raise ValueError("longer than 253 characters")
+    for label in name.split("."):
+        if not label:
+            raise ValueError("empty label")
+        if len(label) > 63:
+            raise ValueError(f"label {label[:20]!r}... longer than 63 characters")
+        if label[0] == "-" or label[-1] == "-":
+            raise ValueError(f"label {label!r} starts or ends with a hyphen")
+        if not all(c.isascii() and (c.isalnum() or c in "-_") for c in label):
+            raise ValueError(f"label {label!r} has a character outside [a-z0-9-_]")
+    return name
+
+
+def validate_pattern(pattern: str) -> str:
+    """
+    Normalise a name pattern: an exact host name, or C{*.suffix} (the
+    wildcard stands for one or more labels).
+
+    @raise ValueError: when it is neither.
+    """
+    if pattern.startswith("*."):
+        return "*." + validate_hostname(pattern[2:])
+    if "*" in pattern:
+        raise ValueError("a wildcard must be the whole first label, as in '*.example.com'")
+    return validate_hostname(pattern)
+
+
+def parse_address(text: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """
+    Split C{host:port}, C{[v6]:port}, a bare IP literal or a bare host name.
+
+    @return: C{(host, port)}; C{port} is C{default_port} when absent.
+    @raise ValueError: on a bad host or port.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError("expected 'host:port'")
+    host: str
+    port_text: str | None = None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in {text!r}")
+        host = text[1:end]
+        rest = text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected ':port' after ']' in {text!r}")
+            port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif text.count(":") > 1:
+        # A bare IPv6 literal: no port can follow without brackets.
+        try:
+            host = str(ipaddress.IPv6Address(text))
+        except ValueError:
+            raise ValueError(f"{text!r} is not host:port (bracket IPv6 addresses)") from None
+    else:
+        host, sep, port_text = text.partition(":")
+        if not sep:
+            port_text = None
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            host = validate_hostname(host)
+    if port_text is None:
+        port = default_port
+    else:
+        if not port_text.isdigit():
+            raise ValueError(f"port {port_text!r} is not a number")
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535")
+    return host, port
+
+
+def parse_backend(text: str) -> Address:
+    """Parse a C{host:port} target whose port is required."""
+    host, port = parse_address(text)
+    if port is None:
+        raise ValueError(f"{text!r} has no port (expected 'host:port')")
+    return Address(host, port)
+
+
+class _Table:
+    """Reads one TOML table, naming every key it rejects by its full path."""
+
+    def __init__(self, path: str, data: object) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"expected a table, got {_describe(data)}")
+        self.path = path
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, default: Any, check: Callable[[str, Any], Any]) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        return check(self.key(name), self.data[name])
+
+    def table(self, name: str) -> _Table:
+        self.seen.add(name)
+        return _Table(self.key(name), self.data.get(name, {}))
+
+    def done(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                raise ConfigError(self.key(name), "unknown key")
+
+
+def _number(minimum: float = 0.0, maximum: float = math.inf, above: bool = False):
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {_describe(value)}")
+        if math.isnan(value) or value < minimum or value > maximum or (above and value == minimum):
+            bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
+            if maximum != math.inf:
+                bound += f" and at most {maximum:g}"
+            raise ConfigError(key, f"must be {bound}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _integer(minimum: int = 0, maximum: int | None = None):
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {_describe(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
+            raise ConfigError(key, f"must be {bound}, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _choice(*choices: str):
+    def check(key: str, value: Any) -> str:
+        value = _string(key, value)
+        if value not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return check
+
+
+def _list(item: Callable[[str, Any], Any]):
+    def check(key: str, value: Any) -> tuple:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {_describe(value)}")
+        return tuple(item(f"{key}[{index}]", element) for index, element in enumerate(value))
+
+    return check
+
+
+def _via(parse: Callable[[str], Any]):
+    """Adapt a C{str -> value} parser raising ValueError to a key checker."""
+
+    def check(key: str, value: Any) -> Any:
+        try:
+            return parse(_string(key, value))
+        except ValueError as error:
+            raise ConfigError(key, str(error)) from None
+
+    return check
+
+
+def _endpoint(key: str, value: Any) -> str:
+    from twisted.internet import endpoints, reactor
+
+    value = _string(key, value)
+    try:
+        # Parsing builds the endpoint object without binding anything, so
+        # this validates plugin names and arguments only.
+        endpoints.serverFromString(reactor, value)
+    except IndexError:
+        if value.startswith("systemd:"):
+            raise ConfigError(key, f"bad endpoint {value!r}: systemd passed no socket at that index") from None
+        raise ConfigError(key, f"bad endpoint {value!r}") from None
+    except Exception as error:
+        raise ConfigError(key, f"bad endpoint {value!r}: {error}") from None
+    return value
+
+
+def _network(text: str) -> str:
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def _proxy_protocol(key: str, value: Any) -> int:
+    return _choice_int(key, value, (0, 1, 2))
+
+
+def _choice_int(key: str, value: Any, choices: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in choices:
+        raise ConfigError(key, f"expected one of {', '.join(map(str, choices))}, got {_describe(value)}")
+    return value
+
+
+def _dns_server(text: str) -> tuple[str, int]:
+    host, port = parse_address(text, 53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (a DNS server cannot be a name)") from None
+    assert port is not None
+    return host, port
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _proxy(table: _Table) -> ProxyConfig:
+    default = ProxyConfig()
+    positive = _number(above=True)
+    fallback = table.get("fallback", "", _string)
+    try:
+        fallback_address = parse_backend(fallback) if fallback else None
+    except ValueError as error:
+        raise ConfigError(table.key("fallback"), str(error)) from None
+    config = ProxyConfig(
+        listen=table.get("listen", default.listen, _list(_endpoint)),
+        hello_timeout=table.get("hello_timeout", default.hello_timeout, positive),
+        max_hello_bytes=table.get("max_hello_bytes", default.max_hello_bytes, _integer(512, 16 * 1024 * 1024)),
+        routing_timeout=table.get("routing_timeout", default.routing_timeout, positive),
+        connect_timeout=table.get("connect_timeout", default.connect_timeout, positive),
+        connect_stagger=table.get("connect_stagger", default.connect_stagger, _number()),
+        idle_timeout=table.get("idle_timeout", default.idle_timeout, positive),
+        shutdown_timeout=table.get("shutdown_timeout", default.shutdown_timeout, _number()),
+        fallback=fallback_address,
+        fallback_proxy_protocol=table.get("fallback_proxy_protocol", 0, _proxy_protocol),
+        max_connections=table.get("max_connections", default.max_connections, _integer(0)),
+        max_connections_per_client=table.get(
+            "max_connections_per_client", default.max_connections_per_client, _integer(0)
+        ),
+        max_pending_per_name=table.get("max_pending_per_name", default.max_pending_per_name, _integer(0)),
+        accept_proxy_from=table.get("accept_proxy_from", (), _list(_via(_network))),
+    )
+    table.done()
+    if not config.listen:
+        raise ConfigError(table.key("listen"), "needs at least one endpoint")
+    return config
+
+
+def _static_target(key: str, value: Any) -> StaticTarget:
+    if isinstance(value, str):
+        try:
+            return StaticTarget(address=parse_backend(value))
+        except ValueError as error:
+            raise ConfigError(key, str(error)) from None
+    target = _Table(key, value)
+    backend = target.get("backend", None, _via(parse_backend))
+    app = target.get("app", None, _via(validate_hostname))
+    port = target.get("port", 443, _integer(1, 65535))
+    proxy_protocol = target.get("proxy_protocol", 0, _proxy_protocol)
+    target.done()
+    if (backend is None) == (app is None):
+        raise ConfigError(key, "needs exactly one of 'backend' (\"host:port\") or 'app'")
+    if backend is not None and "port" in target.data:
+        raise ConfigError(f"{key}.port", "only goes with 'app' (put the port in 'backend')")
+    return StaticTarget(address=backend, app=app, port=port, proxy_protocol=proxy_protocol)
+
+
+def _routing(table: _Table) -> RoutingConfig:
+    sources = table.get("sources", ("static",), _list(_choice(*SOURCES)))
+    if len(set(sources)) != len(sources):
+        raise ConfigError(table.key("sources"), "names a source twice")
+
+    static_table = table.table("static")
+    static: dict[str, StaticTarget] = {}
+    for pattern, value in static_table.data.items():
+        key = static_table.key(f'"{pattern}"')
+        try:
+            normal = validate_pattern(pattern)
+        except ValueError as error:
+            raise ConfigError(key, f"bad name pattern: {error}") from None
+        if normal in static:
+            raise ConfigError(key, f"repeats the pattern {normal!r}")
+        static[normal] = _static_target(key, value)
+        static_table.seen.add(pattern)
+    static_table.done()
+
+    sub = table.table("subdomain")
+    subdomain = SubdomainConfig(
+        base_domains=sub.get("base_domains", (), _list(_via(validate_hostname))),
+        non_passthrough=sub.get("non_passthrough", "reject", _choice("reject", "passthrough")),
+    )
+    sub.done()
+
+    def prefix(key: str, value: Any) -> str:
+        value = _string(key, value)
+        if value:
+            try:
+                validate_hostname(value)
+            except ValueError as error:
+                raise ConfigError(key, f"bad prefix: {error}") from None
+        return value.lower()
+
+    txt_table = table.table("txt")
+    default_txt = TXTConfig()
+    txt = TXTConfig(
+        prefix=txt_table.get("prefix", default_txt.prefix, prefix),
+        legacy_prefix=txt_table.get("legacy_prefix", default_txt.legacy_prefix, prefix),
+        wildcard_prefix=txt_table.get("wildcard_prefix", default_txt.wildcard_prefix, prefix),
+    )
+    txt_table.done()
+    if not txt.prefix:
+        raise ConfigError(txt_table.key("prefix"), "cannot be empty")
+
+    system_table = table.table("system")
+    default_system = SystemConfig()
+    system = SystemConfig(
+        allow=system_table.get("allow", (), _list(_via(validate_pattern))),
+        port=system_table.get("port", default_system.port, _integer(1, 65535)),
+        allow_private=system_table.get("allow_private", False, _boolean),
+        timeout=system_table.get("timeout", default_system.timeout, _number(above=True)),
+        threads=system_table.get("threads", default_system.threads, _integer(1, 64)),
+    )
+    system_table.done()
+    table.done()
+
+    if "subdomain" in sources and not subdomain.base_domains:
+        raise ConfigError(table.key("subdomain.base_domains"), "is empty but 'subdomain' is in routing.sources")
+    if "system" in sources and not system.allow:
+        raise ConfigError(table.key("system.allow"), "is empty but 'system' is in routing.sources")
+    return RoutingConfig(sources=sources, static=static, subdomain=subdomain, txt=txt, system=system)
+
+
+def _apps(table: _Table) -> dict[str, AppConfig]:
+    apps: dict[str, AppConfig] = {}
+
+    def backend(text: str) -> AppBackend:
+        host, port = parse_address(text)
+        return AppBackend(host, port)
+
+    for app_id in table.data:
+        key = table.key(app_id)
+        try:
+            normal = validate_hostname(app_id)
+        except ValueError as error:
+            raise ConfigError(key, f"bad app id: {error}") from None
+        if "." in normal:
+            raise ConfigError(key, "bad app id: must be a single DNS label")
+        app = table.table(app_id)
+        backends = app.get("backends", None, _list(_via(backend)))
+        proxy_protocol = app.get("proxy_protocol", 0, _proxy_protocol)
+        app.done()
+        if not backends:
+            raise ConfigError(app.key("backends"), "needs at least one 'host' or 'host:port'")
+        apps[normal] = AppConfig(backends=backends, proxy_protocol=proxy_protocol)
+    table.done()
+    return apps
+
+
+def _dns(table: _Table) -> DNSConfig:
+    d = DNSConfig()
+    seconds = _number()
+    config = DNSConfig(
+        servers=table.get("servers", (), _list(_via(_dns_server))),
+        resolv_conf=table.get("resolv_conf", d.resolv_conf, _string),
+        timeout=table.get("timeout", d.timeout, _number(above=True)),
+        attempts=table.get("attempts", d.attempts, _integer(1, 10)),
+        deadline=table.get("deadline", d.deadline, _number(above=True)),
+        min_ttl=table.get("min_ttl", d.min_ttl, seconds),
+        max_ttl=table.get("max_ttl", d.max_ttl, seconds),
+        max_negative_ttl=table.get("max_negative_ttl", d.max_negative_ttl, seconds),
+        failure_backoff=table.get("failure_backoff", d.failure_backoff, seconds),
+        max_stale=table.get("max_stale", d.max_stale, seconds),
+        stale_wait=table.get("stale_wait", d.stale_wait, seconds),
+        refresh_ahead=table.get("refresh_ahead", d.refresh_ahead, _number(0.0, 1.0)),
+        max_entries=table.get("max_entries", d.max_entries, _integer(1)),
+        prefetch=table.get("prefetch", (), _list(_via(validate_hostname))),
+    )
+    if config.min_ttl > config.max_ttl:
+        raise ConfigError(table.key("min_ttl"), f"is above dns.max_ttl ({config.max_ttl:g})")
+    table.done()
+    return config
+
+
+def _log(table: _Table) -> LogConfig:
+    config = LogConfig(access=table.get("access", "-", _string))
+    table.done()
+    return config
+
+
+def _admin(table: _Table) -> AdminConfig:
+    listen = table.get("listen", "", _string)
+    if listen:
+        _endpoint(table.key("listen"), listen)
+    table.done()
+    return AdminConfig(listen=listen)
+
+
+def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
+    """
+    Validate a parsed TOML document and build the L{Config}.
+
+    @raise ConfigError: naming the first key that is wrong.
+    """
+    root = _Table("", dict(data))
+    config = Config(
+        proxy=_proxy(root.table("proxy")),
+        routing=_routing(root.table("routing")),
+        apps=_apps(root.table("apps")),
+        dns=_dns(root.table("dns")),
+        log=_log(root.table("log")),
+        admin=_admin(root.table("admin")),
+        path=path,
+    )
+    root.done()
+    for pattern, target in config.routing.static.items():
+        if target.app is not None and target.app not in config.apps:
+            raise ConfigError(f'routing.static."{pattern}".app', f"names {target.app!r}, which is not in [apps]")
+    return config
+
+
+def load_config(path: str) -> Config:
+    """
+    Read and validate the config file at C{path}.
+
+    @raise ConfigError: when the file cannot be read, is not TOML, or any
+        key is wrong; the message says which.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as error:
+        raise ConfigError(path, f"cannot read the config file: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, f"not valid TOML: {error}") from None
+    return parse_config(data, path)

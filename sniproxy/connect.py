@@ -1,0 +1,173 @@
+"""
+Staggered connects across a route's addresses.
+
+The first address gets a head start of C{stagger} seconds; if it has not
+connected by then (or failed sooner) the next one starts too, and so on,
+happy-eyeballs style (RFC 8305).  The first connection to be established
+wins; the others are abandoned.  The whole attempt is bounded by
+C{timeout}.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+
+from sniproxy.interfaces import Address
+
+__all__ = ["ConnectError", "connect"]
+
+
+class ConnectError(Exception):
+    """
+    No address could be connected.  C{str(error)} lists each address with
+    why it failed, for the log line.
+    """
+
+
+class _Attempt(ClientFactory):
+    """One address's connection attempt, reporting to its L{_Race}."""
+
+    noisy = False
+
+    def __init__(self, race: _Race, address: Address) -> None:
+        self.race = race
+        self.address = address
+        self.connector = None
+
+    def buildProtocol(self, addr):
+        return self.race.won(self)
+
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        self.race.lost(self, reason)
+
+
+class _Race:
+    """The state of one staggered connect."""
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        addresses: Sequence[Address],
+        build: Callable[[Callable[[Protocol], None]], Protocol],
+        timeout: float,
+        stagger: float,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.addresses = list(addresses)
+        self.build = build
+        self.stagger = stagger
+        self.deadline = clock.seconds() + timeout
+        self.started = 0
+        self.pending: list[_Attempt] = []
+        self.failures: list[str] = []
+        self.result: Deferred[Protocol] = Deferred(self.cancel)
+        self.stagger_call: IDelayedCall | None = None
+        self.timeout_call = clock.callLater(timeout, self.timed_out)
+
+    def start_next(self) -> None:
+        self.stagger_call = None
+        if self.started >= len(self.addresses):
+            return
+        address = self.addresses[self.started]
+        self.started += 1
+        attempt = _Attempt(self, address)
+        self.pending.append(attempt)
+        remaining = max(self.deadline - self.clock.seconds(), 0.001)
+        # The connector's own timeout is a backstop; ours fires first.
+        attempt.connector = self.reactor.connectTCP(
+            address.host, address.port, attempt, timeout=remaining + 1
+        )
+        if self.started < len(self.addresses) and self.stagger_call is None:
+            self.stagger_call = self.clock.callLater(self.stagger, self.start_next)
+
+    def won(self, attempt: _Attempt) -> Protocol | None:
+        if self.result.called:
+            # Another address won (or we gave up) while this one connected.
+            return None
+        self.pending.remove(attempt)
+        self.finish()
+        return self.build(self.result.callback)
+
+    def lost(self, attempt: _Attempt, reason: Failure) -> None:
+        if attempt not in self.pending:
+            return
+        self.pending.remove(attempt)
+        self.failures.append(f"{attempt.address}: {_why(reason)}")
+        if self.started < len(self.addresses):
+            # Don't wait out the stagger: the next address starts now.
+            if self.stagger_call is not None:
+                self.stagger_call.cancel()
+                self.stagger_call = None
+            self.start_next()
+        elif not self.pending:
+            self.fail()
+
+    def timed_out(self) -> None:
+        self.timeout_call = None
+        for attempt in self.pending:
+            self.failures.append(f"{attempt.address}: timed out")
+        never = len(self.addresses) - self.started
+        if never:
+            self.failures.append(f"{never} more not tried")
+        self.fail()
+
+    def fail(self) -> None:
+        self.finish()
+        if not self.failures:
+            self.failures.append("no addresses")
+        self.result.errback(ConnectError("; ".join(self.failures)))
+
+    def cancel(self, result: Deferred) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        for call in (self.stagger_call, self.timeout_call):
+            if call is not None and call.active():
+                call.cancel()
+        self.stagger_call = self.timeout_call = None
+        pending, self.pending = self.pending, []
+        for attempt in pending:
+            attempt.connector.stopConnecting()
+
+
+def _why(reason: Failure) -> str:
+    error = reason.value
+    text = getattr(error, "osError", None) or getattr(error, "args", None)
+    name = type(error).__name__.removesuffix("Error") or "error"
+    if isinstance(error, CancelledError):
+        return "cancelled"
+    # ConnectionRefusedError and friends carry little useful text.
+    return {"ConnectionRefused": "refused", "TCPTimedOut": "timed out"}.get(name, f"{name} {text}" if text else name)
+
+
+def connect(
+    reactor: IReactorTCP,
+    clock: IReactorTime,
+    addresses: Sequence[Address],
+    build: Callable[[Callable[[Protocol], None]], Protocol],
+    timeout: float = 5.0,
+    stagger: float = 0.25,
+) -> Deferred[Protocol]:
+    """
+    Connect to the first of C{addresses} that answers.
+
+    @param addresses: IP literals with ports, tried in order with a head
+        start of C{stagger} seconds each (a refused address passes its turn
+        at once).
+    @param build: makes the protocol for the winning connection (it is
+        called once, for the winner) given a callable that the protocol's
+        C{connectionMade} must call with the protocol itself.
+    @return: a L{Deferred} firing with the protocol once its
+        C{connectionMade} has run, or failing with L{ConnectError} when every address
+        failed or C{timeout} passed.  Cancelling it abandons every attempt.
+    """
+    race = _Race(reactor, clock, addresses, build, timeout, stagger)
+    race.start_next()
+    return race.result

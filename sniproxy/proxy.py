@@ -1,0 +1,397 @@
+"""
+The proxy's client side: a connection's life from accept to close.
+
+1. Accept, set TCP_NODELAY, feed every byte to a L{ClientHelloParser}.
+2. Once the ClientHello is whole, stop reading and ask the L{Router}.
+3. Connect to the route's backends (L{sniproxy.connect}), write the
+   buffered bytes exactly as received, then relay both ways
+   (L{sniproxy.relay}).
+
+A connection that cannot be routed gets a fatal TLS alert
+(C{unrecognized_name} for no route, C{internal_error} for a failure), a
+half-close so the alert is read before anything else happens, and one log
+line naming the client, the SNI and the reason.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sniproxy import alerts
+from sniproxy.accesslog import AccessLog
+from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
+from sniproxy.config import ProxyConfig
+from sniproxy.connect import ConnectError, connect
+from sniproxy.interfaces import Address, Route, RoutingError
+from sniproxy.metrics import ProxyMetrics
+from sniproxy.relay import BackendConnection, Relay
+from sniproxy.routing import Router
+
+__all__ = ["ClientConnection", "ProxyFactory"]
+
+log = Logger()
+
+# After a rejection the alert is written and our side half-closed; the
+# client gets this long to read it and close before we drop the connection.
+# Reading (and discarding) meanwhile keeps the kernel from answering the
+# client's unread bytes with a reset that could destroy the alert.
+LINGER = 2.0
+
+
+def _peer(transport) -> str:
+    address = transport.getPeer()
+    port = getattr(address, "port", None)
+    return str(address) if port is None else str(Address(address.host, port))
+
+
+@implementer(IHalfCloseableProtocol)
+class ClientConnection(Protocol):
+    """
+    One client's connection.
+
+    @ivar hello: the parsed ClientHello, once complete.
+    @ivar route: the route chosen, once decided.
+    @ivar relay: the L{Relay}, once the backend is connected.
+    @ivar outcome: C{None} while undecided, then C{"relayed"} or the kind
+        of rejection (C{"no route"}, C{"malformed"}, C{"hello timeout"},
+        C{"routing failed"}, C{"backend unreachable"}, C{"client closed"}).
+    @ivar reason: the detail behind a rejection, for the log line.
+    """
+
+    hello: ClientHello | None = None
+    route: Route | None = None
+    relay: Relay | None = None
+    outcome: str | None = None
+    reason: str = ""
+    address_key: str = ""
+
+    def __init__(self, factory: ProxyFactory) -> None:
+        self.factory = factory
+        # A reload swaps the factory's settings and router; this connection
+        # keeps the ones it started with.
+        self.settings = factory.settings
+        self.router = factory.router
+        self.clock = factory.clock
+        self.parser: ClientHelloParser | None = ClientHelloParser(self.settings.max_hello_bytes)
+        self.pending: Deferred | None = None
+        self.timer: IDelayedCall | None = None
+        self.started = self.clock.seconds()
+        self.hello_at: float | None = None
+        self.routed_at: float | None = None
+        self.connected_at: float | None = None
+        self.ended: float | None = None
+        self.client = ""
+        self.backend = ""
+
+    # -- the client's events
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.client = _peer(self.transport)
+        self.timer = self.clock.callLater(self.settings.hello_timeout, self._hello_timed_out)
+        self.factory.opened(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.from_client(data)
+            return
+        parser = self.parser
+        if parser is None:
+            # Routing (we paused reading, but bytes of the same read may
+            # still arrive) or lingering after a rejection: nothing to do.
+            return
+        try:
+            hello = parser.feed(data)
+        except ClientHelloError as error:
+            self.reject("malformed", str(error), error.alert)
+            return
+        if hello is not None:
+            self._route(hello, parser.buffered)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.client_eof()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.relay is not None:
+            self.relay.client_lost(reason)
+            return
+        if self.outcome is None:
+            self.outcome = "client closed"
+            self.reason = "before the ClientHello was complete" if self.hello is None else "while routing"
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.cancel()
+        self.factory.closed(self)
+
+    # -- routing and connecting
+
+    def _route(self, hello: ClientHello, buffered: bytes) -> None:
+        self.timer.cancel()
+        self.timer = None
+        self.parser = None
+        self.hello_at = self.clock.seconds()
+        self.hello = hello
+        self.buffered = buffered
+        self.transport.pauseProducing()
+        self.pending = self.router.route(hello.server_name)
+        self.pending.addCallbacks(self._routed, self._routing_failed)
+
+    def _routed(self, route: Route | None) -> None:
+        self.pending = None
+        self.routed_at = self.clock.seconds()
+        if route is None:
+            detail = "the client sent no server name" if self.hello.server_name is None else ""
+            self.reject("no route", detail, alerts.UNRECOGNIZED_NAME)
+            return
+        self.route = route
+        settings = self.settings
+        self.pending = connect(
+            self.factory.reactor,
+            self.clock,
+            route.backends,
+            BackendConnection,
+            timeout=settings.connect_timeout,
+            stagger=settings.connect_stagger,
+        )
+        self.pending.addCallbacks(self._connected, self._connect_failed)
+
+    def _routing_failed(self, failure: Failure) -> None:
+        self.pending = None
+        if failure.check(CancelledError):
+            return
+        if not failure.check(RoutingError):
+            log.failure("routing {sni} failed unexpectedly", failure, sni=self.hello.server_name)
+        self.reject("routing failed", str(failure.value), alerts.INTERNAL_ERROR)
+
+    def _connected(self, backend: BackendConnection) -> None:
+        self.pending = None
+        self.connected_at = self.clock.seconds()
+        self.outcome = "relayed"
+        self.backend = _peer(backend.transport)
+        relay = Relay(self.transport, backend.transport, self.clock, self.settings.idle_timeout, self._relay_closed)
+        backend.relay = relay
+        self.relay = relay
+        relay.start(self.buffered)
+        self.buffered = b""
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self.pending = None
+        if failure.check(CancelledError):
+            return
+        if not failure.check(ConnectError):
+            log.failure("connecting for {sni} failed unexpectedly", failure, sni=self.hello.server_name)
+        self.reject("backend unreachable", str(failure.value), alerts.INTERNAL_ERROR)
+
+    def _relay_closed(self, relay: Relay) -> None:
+        self.reason = relay.close_reason or ""
+        self.factory.closed(self)
+
+    # -- endings
+
+    def access_record(self) -> dict:
+        """This connection as one access-log record (DESIGN.md section 4)."""
+        hello, route, relay = self.hello, self.route, self.relay
+        ended = self.ended if self.ended is not None else self.clock.seconds()
+
+        def ms(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else round((end - start) * 1000, 3)
+
+        return {
+            "time": round(self.started, 3),
+            "client": self.client,
+            "sni": hello.server_name if hello is not None else None,
+            "alpn": [p.decode("latin-1") for p in hello.alpn] if hello is not None else [],
+            "ech": hello.ech if hello is not None else False,
+            "source": route.source if route is not None else None,
+            "cache": (route.cache or None) if route is not None else None,
+            "route_ms": ms(self.hello_at, self.routed_at),
+            "backend": self.backend or None,
+            "connect_ms": ms(self.routed_at, self.connected_at),
+            "bytes_up": relay.up if relay is not None else 0,
+            "bytes_down": relay.down if relay is not None else 0,
+            "duration_ms": ms(self.started, ended),
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
+
+    def abort(self, reason: str) -> None:
+        """Close this connection now, whatever state it is in."""
+        if self.relay is not None:
+            self.relay.abort(reason)
+            return
+        if self.outcome is None:
+            self.outcome = reason
+        self.transport.abortConnection()
+
+    def _hello_timed_out(self) -> None:
+        self.timer = None
+        self.reject("hello timeout", f"no complete ClientHello within {self.settings.hello_timeout:g}s", None)
+
+    def reject(self, outcome: str, detail: str, alert: int | None) -> None:
+        """
+        Refuse this connection: log one line, write the TLS alert (if any)
+        in the client's record version, half-close, and drop the connection
+        once the client closes or L{LINGER} seconds pass.
+
+        @param outcome: the kind of rejection, for metrics and the access log.
+        @param detail: what exactly went wrong, for the log line.
+        """
+        self.outcome = outcome
+        self.reason = f"{outcome}: {detail}" if detail else outcome
+        hello = self.hello
+        log.info(
+            "rejected {client} sni={sni}: {reason}",
+            client=self.client,
+            sni=(hello.server_name or "-") if hello is not None else "-",
+            outcome=outcome,
+            reason=self.reason,
+        )
+        parser, self.parser = self.parser, None
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        transport = self.transport
+        if alert is not None:
+            version = hello.record_version if hello is not None else (parser and parser.record_version)
+            transport.write(alerts.alert_record(alert, version or 0x0301))
+        transport.resumeProducing()
+        transport.loseWriteConnection()
+        self.timer = self.clock.callLater(LINGER, transport.abortConnection)
+
+
+class ProxyFactory(Factory):
+    """
+    Builds a L{ClientConnection} per accepted connection and keeps the
+    current settings and router, which L{reconfigure} swaps as one.
+
+    @ivar connections: the connections alive now.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        settings: ProxyConfig,
+        router: Router,
+        reactor=None,
+        clock=None,
+        access_log: AccessLog | None = None,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.settings = settings
+        self.router = router
+        self.access_log = access_log
+        self.metrics = metrics
+        self.connections: set[ClientConnection] = set()
+        self._per_client: dict[str, int] = {}
+        self._last_limit_log = float("-inf")
+        self._limit_suppressed = 0
+        self._drained: list[Deferred[None]] = []
+
+    def reconfigure(self, settings: ProxyConfig, router: Router) -> None:
+        """New connections use C{settings} and C{router}; live ones keep theirs."""
+        self.settings = settings
+        self.router = router
+
+    def buildProtocol(self, addr) -> ClientConnection | None:
+        """
+        A connection for C{addr}, or C{None} (the reactor closes the socket
+        at once) when a connection limit is reached.
+        """
+        settings = self.settings
+        host = getattr(addr, "host", "")
+        open_now = len(self.connections)
+        if settings.max_connections and open_now >= settings.max_connections:
+            self._over_limit(host, addr, f"{open_now} connections open (proxy.max_connections)")
+            return None
+        per_client = self._per_client.get(host, 0)
+        if settings.max_connections_per_client and per_client >= settings.max_connections_per_client:
+            self._over_limit(host, addr, f"{per_client} connections open from this address (proxy.max_connections_per_client)")
+            return None
+        self._per_client[host] = per_client + 1
+        connection = ClientConnection(self)
+        connection.address_key = host
+        return connection
+
+    def _over_limit(self, host: str, addr, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connections.labels("over limit").inc()
+        # One line per second at most: a flood must not become a log flood.
+        now = self.clock.seconds()
+        if now - self._last_limit_log >= 1.0:
+            port = getattr(addr, "port", 0)
+            log.warn(
+                "refused {client}: {reason}{more}",
+                client=str(Address(host, port)),
+                reason=reason,
+                more=f" (and {self._limit_suppressed} more refused since the last line)" if self._limit_suppressed else "",
+            )
+            self._last_limit_log = now
+            self._limit_suppressed = 0
+        else:
+            self._limit_suppressed += 1
+
+    def opened(self, connection: ClientConnection) -> None:
+        self.connections.add(connection)
+
+    def closed(self, connection: ClientConnection) -> None:
+        connection.ended = self.clock.seconds()
+        self.connections.discard(connection)
+        key = connection.address_key
+        left = self._per_client.get(key, 1) - 1
+        if left > 0:
+            self._per_client[key] = left
+        else:
+            self._per_client.pop(key, None)
+        if self.metrics is not None:
+            self.metrics.connection_closed(connection)
+        if self.access_log:
+            self.access_log.write(connection.access_record())
+        if not self.connections and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Wait for the live connections to end.  Those still open after
+        C{timeout} seconds are closed.
+
+        @return: a L{Deferred} firing once no connection is left.
+        """
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        deadline = self.clock.callLater(timeout, self._abort_all)
+
+        def drained(result):
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        return d.addBoth(drained)
+
+    def _abort_all(self) -> None:
+        if self.connections:
+            log.info("closing {count} connections still open at shutdown", count=len(self.connections))
+        for connection in list(self.connections):
+            connection.abort("shutdown")

@@ -1,0 +1,207 @@
+"""
+The byte pump between a client and its backend, once both are connected.
+
+Bytes are written as they arrive, never inspected or copied by us.  Each
+transport is registered as the streaming producer of the other, so when one
+side's send buffer passes its C{bufferSize} the other side stops reading
+until it drains: a slow reader can never make the proxy buffer without
+bound.  A half-close (EOF one way) is passed on as a half-close, and the
+pair is closed once both directions are done, or when neither side has sent
+anything for C{idle_timeout} seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["BackendConnection", "Relay"]
+
+
+@implementer(IPushProducer)
+class _Valve:
+    """
+    Registers a transport as the producer for its peer, counting how often
+    the peer's full buffer paused it (rare, so the count costs nothing on
+    the byte path).
+    """
+
+    __slots__ = ("transport", "pauses")
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
+@implementer(IHalfCloseableProtocol)
+class BackendConnection(Protocol):
+    """
+    The backend's side of a relayed connection.  It exists only once the
+    connection is made, and hands every event to its L{Relay}.
+    """
+
+    relay: Relay | None = None
+
+    def __init__(self, connected: Callable[[BackendConnection], None]) -> None:
+        self._connected = connected
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self._connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.from_backend(data)
+
+    def readConnectionLost(self) -> None:
+        self.relay.backend_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.relay is not None:
+            self.relay.backend_lost(reason)
+
+
+class Relay:
+    """
+    Pumps bytes both ways between two connected transports.
+
+    @ivar up: bytes relayed client -> backend (including the preamble).
+    @ivar down: bytes relayed backend -> client.
+    @ivar close_reason: why the pair closed (C{"done"}, C{"client closed"},
+        C{"backend closed"}, C{"idle timeout"}, C{"shutdown"}, ...), or
+        C{None} while it is open.
+    """
+
+    def __init__(
+        self,
+        client,
+        backend,
+        clock: IReactorTime,
+        idle_timeout: float,
+        closed: Callable[[Relay], None],
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self._closed = closed
+        self.up = 0
+        self.down = 0
+        self.last_activity = clock.seconds()
+        self.close_reason: str | None = None
+        self._client_eof = False
+        self._backend_eof = False
+        self._client_lost = False
+        self._backend_lost = False
+        self._reported = False
+        self._client_valve = _Valve(client)
+        self._backend_valve = _Valve(backend)
+        self._idle_call: IDelayedCall | None = None
+
+    @property
+    def pauses(self) -> tuple[int, int]:
+        """How often (client reads, backend reads) were paused by the other side's full buffer."""
+        return self._client_valve.pauses, self._backend_valve.pauses
+
+    def start(self, preamble: bytes) -> None:
+        """
+        Write C{preamble} (the buffered ClientHello, after any PROXY header)
+        to the backend, then start relaying both ways.
+        """
+        self.up = len(preamble)
+        self.backend.write(preamble)
+        self.backend.registerProducer(self._client_valve, True)
+        self.client.registerProducer(self._backend_valve, True)
+        self.client.resumeProducing()
+        self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
+
+    def from_client(self, data: bytes) -> None:
+        self.up += len(data)
+        self.last_activity = self.clock.seconds()
+        self.backend.write(data)
+
+    def from_backend(self, data: bytes) -> None:
+        self.down += len(data)
+        self.last_activity = self.clock.seconds()
+        self.client.write(data)
+
+    def client_eof(self) -> None:
+        """The client will send no more: pass the half-close on."""
+        self._client_eof = True
+        if self.close_reason is None:
+            self.backend.unregisterProducer()
+            self.backend.loseWriteConnection()
+            if self._backend_eof:
+                self.close("done")
+
+    def backend_eof(self) -> None:
+        """The backend will send no more: pass the half-close on."""
+        self._backend_eof = True
+        if self.close_reason is None:
+            self.client.unregisterProducer()
+            self.client.loseWriteConnection()
+            if self._client_eof:
+                self.close("done")
+
+    def client_lost(self, reason: Failure) -> None:
+        self._client_lost = True
+        self.close("client closed")
+
+    def backend_lost(self, reason: Failure) -> None:
+        self._backend_lost = True
+        self.close("backend closed")
+
+    def close(self, reason: str) -> None:
+        """
+        Close both sides, after flushing what each has buffered.  The first
+        reason given is the one reported, once both connections are gone.
+        """
+        if self.close_reason is None:
+            self.close_reason = reason
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+            # A paused producer would keep loseConnection waiting for ever.
+            for transport in (self.client, self.backend):
+                if transport.producer is not None:
+                    transport.unregisterProducer()
+                transport.loseConnection()
+        if self._client_lost and self._backend_lost and not self._reported:
+            self._reported = True
+            self._closed(self)
+
+    def abort(self, reason: str) -> None:
+        """Close both sides at once, dropping whatever is buffered."""
+        self.close(reason)
+        self.client.abortConnection()
+        self.backend.abortConnection()
+
+    def _idle_check(self) -> None:
+        idle_until = self.last_activity + self.idle_timeout
+        now = self.clock.seconds()
+        if now >= idle_until:
+            self._idle_call = None
+            self.abort("idle timeout")
+        else:
+            self._idle_call = self.clock.callLater(idle_until - now, self._idle_check)

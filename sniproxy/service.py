@@ -1,0 +1,246 @@
+"""
+The running proxy as a Twisted service: its listening ports, the DNS layer,
+the router, the access log, metrics and the admin endpoint, and reloading
+all of it from the config file.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sniproxy.accesslog import AccessLog
+from sniproxy.addresses import AddressResolver, is_ip_literal
+from sniproxy.admin import admin_site
+from sniproxy.apps import AppRegistry
+from sniproxy.config import Config, ConfigError, load_config
+from sniproxy.dns.cache import CachingResolver
+from sniproxy.dns.service import DNSService
+from sniproxy.interfaces import Address, Route
+from sniproxy.metrics import ProxyMetrics
+from sniproxy.proxy import ProxyFactory
+from sniproxy.routing import Router
+from sniproxy.sources import make_source
+from sniproxy.sources.chain import FallbackChain
+
+__all__ = ["ProxyService", "build_router", "warm_names"]
+
+log = Logger()
+
+
+def build_router(config: Config, clock, dns: CachingResolver | None = None) -> Router:
+    """
+    Make the L{Router} the config describes: its sources in order, its
+    fallback and its limits.
+    """
+    addresses = AddressResolver(dns)
+    apps = AppRegistry(config.apps, addresses)
+    sources = [
+        make_source(name, config, clock=clock, dns=dns, apps=apps, addresses=addresses)
+        for name in config.routing.sources
+    ]
+    proxy = config.proxy
+    fallback = None
+    if proxy.fallback is not None:
+        fallback = Route(
+            backends=(proxy.fallback,),
+            source="fallback",
+            proxy_protocol=proxy.fallback_proxy_protocol,
+            detail=str(proxy.fallback),
+        )
+    return Router(
+        FallbackChain(sources),
+        clock,
+        timeout=proxy.routing_timeout,
+        fallback=fallback,
+        max_pending_per_name=proxy.max_pending_per_name,
+    )
+
+
+def warm_names(config: Config) -> tuple[str, ...]:
+    """The names to resolve at start-up: C{dns.prefetch} and every backend host name."""
+    names = dict.fromkeys(config.dns.prefetch)
+    for target in config.routing.static.values():
+        if target.address is not None and not is_ip_literal(target.address.host):
+            names[target.address.host] = None
+    for app in config.apps.values():
+        for backend in app.backends:
+            if not is_ip_literal(backend.host):
+                names[backend.host] = None
+    if config.proxy.fallback is not None and not is_ip_literal(config.proxy.fallback.host):
+        names[config.proxy.fallback.host] = None
+    return tuple(names)
+
+
+def _listen(reactor, description: str, factory) -> Any:
+    """Listen on an endpoint string, synchronously; raise on failure."""
+    outcome: list = []
+    endpoints.serverFromString(reactor, description).listen(factory).addBoth(outcome.append)
+    [port] = outcome  # stream server endpoints listen synchronously
+    if isinstance(port, Failure):
+        port.raiseException()
+    host = port.getHost()
+    log.info("listening on {address} ({endpoint})", address=str(Address(host.host, host.port)), endpoint=description)
+    return port
+
+
+class ProxyService(MultiService):
+    """
+    Listens on the configured endpoints and proxies what arrives.
+
+    @ivar factory: the L{ProxyFactory} shared by every listening port.
+    @ivar ports: the proxy's listening ports by endpoint string.
+    @ivar dns: the process's one caching DNS resolver.
+    """
+
+    def __init__(self, config: Config, reactor=None, clock=None, handle_signals: bool = False) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.config = config
+        self.handle_signals = handle_signals
+        self.dns = CachingResolver.from_config(config.dns, reactor, self.clock)
+        DNSService(self.dns, warm_names(config)).setServiceParent(self)
+        self.access_log = AccessLog(config.log.access)
+        self.factory = ProxyFactory(
+            config.proxy, build_router(config, self.clock, self.dns), reactor, self.clock, self.access_log
+        )
+        self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
+        self.factory.metrics = self.metrics
+        self.ports: dict[str, Any] = {}
+        self.admin_port = None
+        self._restore_signals: list[tuple[int, Any]] = []
+
+    # -- starting and stopping
+
+    def privilegedStartService(self) -> None:
+        # Bind here so ports below 1024 work before twistd drops privileges.
+        if not self.ports:
+            for description in self.config.proxy.listen:
+                self.ports[description] = _listen(self.reactor, description, self.factory)
+            if self.config.admin.listen:
+                self.admin_port = _listen(self.reactor, self.config.admin.listen, self._admin_site())
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+        if self.handle_signals:
+            # After startup, so ours replace the reactor's own handlers.
+            self.reactor.callWhenRunning(self._install_signal_handlers)
+
+    @inlineCallbacks
+    def stopService(self):
+        for number, previous in self._restore_signals:
+            signal.signal(number, previous)
+        self._restore_signals.clear()
+        ports = list(self.ports.values())
+        self.ports = {}
+        if self.admin_port is not None:
+            ports.append(self.admin_port)
+            self.admin_port = None
+        yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        # Live connections may still need the DNS layer: drain them first.
+        yield self.factory.drain(self.config.proxy.shutdown_timeout)
+        yield super().stopService()
+        self.access_log.close()
+
+    def _admin_site(self):
+        from sniproxy.explain import explain
+
+        # Explain with the running config and the live cache, through a
+        # router of its own so the recording never touches live routing.
+        return admin_site(
+            self.metrics.registry,
+            lambda name: explain(lambda dns: build_router(self.config, self.clock, dns), self.dns, name),
+        )
+
+    # -- signals
+
+    def _install_signal_handlers(self) -> None:
+        handlers = {
+            signal.SIGHUP: self.reload,
+            signal.SIGUSR1: self.access_log.reopen,
+            # The reactor's own SIGTERM handler makes twistd exit by the
+            # signal; a graceful stop is a normal exit, status 0.
+            signal.SIGTERM: self._terminate,
+        }
+        for number, handler in handlers.items():
+            previous = signal.signal(number, lambda *_, handler=handler: self.reactor.callFromThread(handler))
+            self._restore_signals.append((number, previous))
+
+    def _terminate(self) -> None:
+        log.info(
+            "SIGTERM: no longer accepting; waiting up to {timeout}s for {count} connections",
+            timeout=self.config.proxy.shutdown_timeout,
+            count=len(self.factory.connections),
+        )
+        self.reactor.stop()
+
+    # -- reloading
+
+    def reload(self) -> bool:
+        """
+        Re-read the config file and apply it.  The new config is validated
+        in full, its router built and its new ports bound before anything
+        changes; on any error the running config stays and the error is
+        logged.  Live connections keep the config they started with.
+
+        @return: whether the new config took effect.
+        """
+        path = self.config.path
+        try:
+            config = load_config(path)
+            router = build_router(config, self.clock, self.dns)
+            opened = self._open_new_ports(config)
+        except (ConfigError, CannotListenError) as error:
+            log.error("reload of {path} failed, keeping the running config: {error}", path=path, error=str(error))
+            return False
+        except Exception:
+            log.failure("reload of {path} failed, keeping the running config", path=path)
+            return False
+        old, self.config = self.config, config
+        self.factory.reconfigure(config.proxy, router)
+        self._close_old_ports(config, opened)
+        if config.dns != old.dns:
+            changed = [name for name in config.dns.__dataclass_fields__ if getattr(config.dns, name) != getattr(old.dns, name)]
+            log.warn("reload: [dns] {keys} take effect at the next restart", keys=", ".join(changed))
+        self.access_log.path = config.log.access
+        self.access_log.reopen()
+        self.dns.prefetch(warm_names(config))
+        log.info("reloaded {path}", path=path)
+        return True
+
+    def _open_new_ports(self, config: Config) -> dict[str, Any]:
+        opened: dict[str, Any] = {}
+        try:
+            for description in config.proxy.listen:
+                if description not in self.ports:
+                    opened[description] = _listen(self.reactor, description, self.factory)
+            if config.admin.listen and config.admin.listen != self.config.admin.listen:
+                opened[""] = _listen(self.reactor, config.admin.listen, self._admin_site())
+        except Exception:
+            for port in opened.values():
+                port.stopListening()
+            raise
+        return opened
+
+    def _close_old_ports(self, config: Config, opened: dict[str, Any]) -> None:
+        for description in list(self.ports):
+            if description not in config.proxy.listen:
+                self.ports.pop(description).stopListening()
+        admin = opened.pop("", None)
+        if admin is not None or not config.admin.listen:
+            if self.admin_port is not None:
+                self.admin_port.stopListening()
+            self.admin_port = admin
+        self.ports.update(opened)

@@ -1,0 +1,38 @@
+"""
+C{twistd sniproxy}: the command-line options and the service they make.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from sniproxy.config import ConfigError, load_config
+from sniproxy.service import ProxyService
+
+__all__ = ["Options", "makeService"]
+
+DEFAULT_CONFIG = "/etc/sniproxy/sniproxy.toml"
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Proxy TLS connections by the server name in their ClientHello, "
+        "without terminating TLS.  Everything else is set in the config file "
+        "(TOML); see etc/sniproxy.toml and README.rst."
+    )
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "Path to the TOML config file."],
+    ]
+
+    def postOptions(self) -> None:
+        # Validate the whole config here, so a bad file stops the start with
+        # one line naming the key rather than a traceback.
+        try:
+            self.loaded = load_config(self["config"])
+        except ConfigError as error:
+            raise usage.UsageError(f"config: {error}") from None
+
+
+def makeService(options: Options) -> ProxyService:
+    return ProxyService(options.loaded, handle_signals=True)

@@ -11,6 +11,7 @@ a default.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class SystemConfig:
     allow_private: bool = False
     timeout: float = 2.0
     threads: int = 4
+    max_queued: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +295,17 @@ def parse_backend(text: str) -> Address:
     return Address(host, port)
 
 
+def _key_part(name: str, quote: bool = False) -> str:
+    """
+    A key for a message: as written, unless it is empty or holds spaces,
+    quotes or unprintable characters (a newline would break the one-line
+    message), or C{quote} is set; then quoted, with escapes.
+    """
+    if quote or not name or not name.isprintable() or any(c in ' "\\' for c in name):
+        return json.dumps(name)
+    return name
+
+
 class _Table:
     """Reads one TOML table, naming every key it rejects by its full path."""
 
@@ -303,8 +316,9 @@ class _Table:
         self.data = data
         self.seen: set[str] = set()
 
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+    def key(self, name: str, quote: bool = False) -> str:
+        part = _key_part(name, quote)
+        return f"{self.path}.{part}" if self.path else part
 
     def get(self, name: str, default: Any, check: Callable[[str, Any], Any]) -> Any:
         self.seen.add(name)
@@ -326,12 +340,18 @@ def _number(minimum: float = 0.0, maximum: float = math.inf, above: bool = False
     def check(key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {_describe(value)}")
-        if math.isnan(value) or value < minimum or value > maximum or (above and value == minimum):
+        try:
+            number = float(value)
+        except OverflowError:  # a TOML integer of hundreds of digits
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(key, f"must be a finite number, got {_describe(value)}")
+        if number < minimum or number > maximum or (above and number == minimum):
             bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
             if maximum != math.inf:
                 bound += f" and at most {maximum:g}"
             raise ConfigError(key, f"must be {bound}, got {value!r}")
-        return float(value)
+        return number
 
     return check
 
@@ -494,7 +514,7 @@ def _routing(table: _Table) -> RoutingConfig:
     static_table = table.table("static")
     static: dict[str, StaticTarget] = {}
     for pattern, value in static_table.data.items():
-        key = static_table.key(f'"{pattern}"')
+        key = static_table.key(pattern, quote=True)
         try:
             normal = validate_pattern(pattern)
         except ValueError as error:
@@ -540,14 +560,15 @@ def _routing(table: _Table) -> RoutingConfig:
         allow_private=system_table.get("allow_private", False, _boolean),
         timeout=system_table.get("timeout", default_system.timeout, _number(above=True)),
         threads=system_table.get("threads", default_system.threads, _integer(1, 64)),
+        max_queued=system_table.get("max_queued", default_system.max_queued, _integer(0, 100000)),
     )
     system_table.done()
     table.done()
 
     if "subdomain" in sources and not subdomain.base_domains:
-        raise ConfigError(table.key("subdomain.base_domains"), "is empty but 'subdomain' is in routing.sources")
+        raise ConfigError(sub.key("base_domains"), "is empty but 'subdomain' is in routing.sources")
     if "system" in sources and not system.allow:
-        raise ConfigError(table.key("system.allow"), "is empty but 'system' is in routing.sources")
+        raise ConfigError(system_table.key("allow"), "is empty but 'system' is in routing.sources")
     return RoutingConfig(sources=sources, static=static, subdomain=subdomain, txt=txt, system=system)
 
 
@@ -635,7 +656,8 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> Config:
     root.done()
     for pattern, target in config.routing.static.items():
         if target.app is not None and target.app not in config.apps:
-            raise ConfigError(f'routing.static."{pattern}".app', f"names {target.app!r}, which is not in [apps]")
+            key = f"routing.static.{_key_part(pattern, quote=True)}.app"
+            raise ConfigError(key, f"names {target.app!r}, which is not in [apps]")
     return config
 
 
@@ -653,4 +675,10 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, f"cannot read the config file: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, f"not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        # tomllib.load decodes before it parses, and lets this through.
+        raise ConfigError(path, f"not valid TOML: not UTF-8 (byte {error.start} of the file)") from None
+    except RecursionError:
+        # tomllib recurses per level of nested arrays and inline tables.
+        raise ConfigError(path, "not valid TOML: arrays or inline tables nested too deeply") from None
     return parse_config(data, path)

@@ -12,7 +12,6 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,21 +28,29 @@ from sniproxy.proxy import ProxyFactory
 from sniproxy.routing import Router
 from sniproxy.sources import make_source
 from sniproxy.sources.chain import FallbackChain
+from sniproxy.sources.system import ResolverThreads
 
-__all__ = ["ProxyService", "build_router", "warm_names"]
+__all__ = ["ProxyService", "StartError", "build_router", "warm_names"]
 
 log = Logger()
 
 
-def build_router(config: Config, clock, dns: CachingResolver | None = None) -> Router:
+def build_router(
+    config: Config, clock, dns: CachingResolver | None = None, resolver_threads: ResolverThreads | None = None
+) -> Router:
     """
     Make the L{Router} the config describes: its sources in order, its
     fallback and its limits.
+
+    @param resolver_threads: the process's threads for getaddrinfo (the
+        C{system} source needs them).
     """
     addresses = AddressResolver(dns)
     apps = AppRegistry(config.apps, addresses)
     sources = [
-        make_source(name, config, clock=clock, dns=dns, apps=apps, addresses=addresses)
+        make_source(
+            name, config, clock=clock, dns=dns, apps=apps, addresses=addresses, resolver_threads=resolver_threads
+        )
         for name in config.routing.sources
     ]
     proxy = config.proxy
@@ -79,13 +86,26 @@ def warm_names(config: Config) -> tuple[str, ...]:
     return tuple(names)
 
 
+class StartError(Exception):
+    """
+    The service cannot start (a port is taken, say).  C{str(error)} is one
+    line for the operator; L{sniproxy.tap} prints it without a traceback.
+    """
+
+
 def _listen(reactor, description: str, factory) -> Any:
-    """Listen on an endpoint string, synchronously; raise on failure."""
+    """
+    Listen on an endpoint string, synchronously.
+
+    @raise StartError: naming the endpoint and the reason, on failure.
+    """
     outcome: list = []
     endpoints.serverFromString(reactor, description).listen(factory).addBoth(outcome.append)
     [port] = outcome  # stream server endpoints listen synchronously
     if isinstance(port, Failure):
-        port.raiseException()
+        error = port.value
+        reason = getattr(error, "socketError", None) or error
+        raise StartError(f"cannot listen on {description}: {reason}")
     host = port.getHost()
     log.info("listening on {address} ({endpoint})", address=str(Address(host.host, host.port)), endpoint=description)
     return port
@@ -109,10 +129,14 @@ class ProxyService(MultiService):
         self.config = config
         self.handle_signals = handle_signals
         self.dns = CachingResolver.from_config(config.dns, reactor, self.clock)
+        # For the life of the process, like the DNS cache: a reload builds
+        # new sources over the same threads (routing.system.threads takes
+        # effect at the next start).
+        self.resolver_threads = ResolverThreads(reactor, config.routing.system.threads)
         DNSService(self.dns, warm_names(config)).setServiceParent(self)
         self.access_log = AccessLog(config.log.access)
         self.factory = ProxyFactory(
-            config.proxy, build_router(config, self.clock, self.dns), reactor, self.clock, self.access_log
+            config.proxy, build_router(config, self.clock, self.dns, self.resolver_threads), reactor, self.clock, self.access_log
         )
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
         self.factory.metrics = self.metrics
@@ -133,10 +157,17 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         self.privilegedStartService()
+        self.resolver_threads.start()
         super().startService()
         if self.handle_signals:
-            # After startup, so ours replace the reactor's own handlers.
-            self.reactor.callWhenRunning(self._install_signal_handlers)
+            # SIGHUP's default action kills the process: handle it from
+            # the start, not once the reactor runs.
+            self._handle_signal(signal.SIGHUP, self.reload)
+            self._handle_signal(signal.SIGUSR1, self.reopen_logs)
+            # The reactor installs its own SIGTERM handler as it starts
+            # (one that makes twistd exit by the signal); ours replaces it
+            # afterwards, since a graceful stop is a normal exit, status 0.
+            self.reactor.callWhenRunning(self._handle_signal, signal.SIGTERM, self._terminate)
 
     @inlineCallbacks
     def stopService(self):
@@ -152,6 +183,8 @@ class ProxyService(MultiService):
         # Live connections may still need the DNS layer: drain them first.
         yield self.factory.drain(self.config.proxy.shutdown_timeout)
         yield super().stopService()
+        # Last: routing may still need the threads while connections drain.
+        self.resolver_threads.stop()
         self.access_log.close()
 
     def _admin_site(self):
@@ -161,22 +194,21 @@ class ProxyService(MultiService):
         # router of its own so the recording never touches live routing.
         return admin_site(
             self.metrics.registry,
-            lambda name: explain(lambda dns: build_router(self.config, self.clock, dns), self.dns, name),
+            lambda name: explain(
+                lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name
+            ),
         )
 
     # -- signals
 
-    def _install_signal_handlers(self) -> None:
-        handlers = {
-            signal.SIGHUP: self.reload,
-            signal.SIGUSR1: self.access_log.reopen,
-            # The reactor's own SIGTERM handler makes twistd exit by the
-            # signal; a graceful stop is a normal exit, status 0.
-            signal.SIGTERM: self._terminate,
-        }
-        for number, handler in handlers.items():
-            previous = signal.signal(number, lambda *_, handler=handler: self.reactor.callFromThread(handler))
-            self._restore_signals.append((number, previous))
+    def _handle_signal(self, number: int, handler) -> None:
+        previous = signal.signal(number, lambda *_: self.reactor.callFromThread(handler))
+        self._restore_signals.append((number, previous))
+
+    def reopen_logs(self) -> None:
+        """Reopen the access log (after logrotate moved it)."""
+        self.access_log.reopen()
+        log.info("reopened the access log {path}", path=self.access_log.path)
 
     def _terminate(self) -> None:
         log.info(
@@ -200,9 +232,9 @@ class ProxyService(MultiService):
         path = self.config.path
         try:
             config = load_config(path)
-            router = build_router(config, self.clock, self.dns)
+            router = build_router(config, self.clock, self.dns, self.resolver_threads)
             opened = self._open_new_ports(config)
-        except (ConfigError, CannotListenError) as error:
+        except (ConfigError, StartError) as error:
             log.error("reload of {path} failed, keeping the running config: {error}", path=path, error=str(error))
             return False
         except Exception:

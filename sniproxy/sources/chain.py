@@ -26,20 +26,22 @@ class FallbackChain:
         self.sources = tuple(sources)
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
-        if not self.sources:
-            return succeed(None)
-        first = self.sources[0].resolve(server_name)
-        # Most names are answered by the first source, synchronously: take
-        # that path without building a coroutine.
-        if len(self.sources) == 1 or (first.called and isinstance(first.result, Route)):
-            return first
-        return Deferred.fromCoroutine(self._resolve(server_name, first))
+        # Most names are answered synchronously (static routes, warm DNS
+        # cache): walk the sources without building a coroutine while their
+        # answers are already there.
+        for index, source in enumerate(self.sources):
+            d = source.resolve(server_name)
+            if not d.called:
+                return Deferred.fromCoroutine(self._resolve(server_name, d, index + 1))
+            if d.result is not None:
+                return d  # a route, or a failure that stops the chain
+        return succeed(None)
 
-    async def _resolve(self, server_name: str, first: Deferred) -> Route | None:
-        route = await first
+    async def _resolve(self, server_name: str, pending: Deferred, rest: int) -> Route | None:
+        route = await pending
         if route is not None:
             return route
-        for source in self.sources[1:]:
+        for source in self.sources[rest:]:
             route = await source.resolve(server_name)
             if route is not None:
                 return route

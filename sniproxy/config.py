@@ -99,6 +99,7 @@ class ProxyConfig:
     max_connections_per_client: int = 256
     max_pending_per_name: int = 1000
     accept_proxy_from: tuple[str, ...] = ()
+    splice: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +481,7 @@ def _proxy(table: _Table) -> ProxyConfig:
         ),
         max_pending_per_name=table.get("max_pending_per_name", default.max_pending_per_name, _integer(0)),
         accept_proxy_from=table.get("accept_proxy_from", (), _list(_via(_network))),
+        splice=table.get("splice", True, _boolean),
     )
     table.done()
     if not config.listen:

@@ -197,11 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     async def run(reactor) -> None:
         from sniproxy.dns.cache import CachingResolver
         from sniproxy.service import build_router
+        from sniproxy.sources.system import ResolverThreads
 
         resolver = CachingResolver.from_config(config.dns, reactor)
+        threads = ResolverThreads(reactor, config.routing.system.threads)
+        threads.start()
         try:
-            result = await explain(lambda recording: build_router(config, reactor, recording), resolver, args.name)
+            result = await explain(
+                lambda recording: build_router(config, reactor, recording, threads), resolver, args.name
+            )
         finally:
+            threads.stop()
             await resolver.stop()
         print(json.dumps(result, indent=2) if args.json else render(result))
         if result["route"] is None:

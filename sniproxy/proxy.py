@@ -15,6 +15,8 @@ line naming the client, the SNI and the reason.
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -22,13 +24,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sniproxy import alerts
+from sniproxy import alerts, proxyprotocol
 from sniproxy.accesslog import AccessLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig
 from sniproxy.connect import ConnectError, connect
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
+from sniproxy.proxyprotocol import ProxyHeader, ProxyHeaderError, parse_proxy_header
 from sniproxy.relay import BackendConnection, Relay
 from sniproxy.routing import Router
 
@@ -69,6 +72,9 @@ class ClientConnection(Protocol):
     outcome: str | None = None
     reason: str = ""
     address_key: str = ""
+    # Bytes of an inbound PROXY header so far; None when none is expected.
+    inbound: bytes | None = None
+    proxied: ProxyHeader | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -91,8 +97,11 @@ class ClientConnection(Protocol):
     # -- the client's events
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
-        self.client = _peer(self.transport)
+        transport = self.transport
+        transport.setTcpNoDelay(True)
+        self.client = _peer(transport)
+        if self.factory.trusts_proxy_header(transport.getPeer()):
+            self.inbound = b""
         self.timer = self.clock.callLater(self.settings.hello_timeout, self._hello_timed_out)
         self.factory.opened(self)
 
@@ -101,6 +110,10 @@ class ClientConnection(Protocol):
         if relay is not None:
             relay.from_client(data)
             return
+        if self.inbound is not None:
+            data = self._inbound_header(data)
+            if not data:
+                return
         parser = self.parser
         if parser is None:
             # Routing (we paused reading, but bytes of the same read may
@@ -113,6 +126,30 @@ class ClientConnection(Protocol):
             return
         if hello is not None:
             self._route(hello, parser.buffered)
+
+    def _inbound_header(self, data: bytes) -> bytes:
+        """
+        Read the PROXY header a trusted load balancer sends first; from
+        then on the client is the one it names.
+
+        @return: the bytes after the header (the start of the ClientHello).
+        """
+        buffered = self.inbound + data
+        try:
+            parsed = parse_proxy_header(buffered)
+        except ProxyHeaderError as error:
+            self.inbound = None
+            self.reject("malformed", f"bad PROXY header from a trusted peer: {error}", None)
+            return b""
+        if parsed is None:
+            self.inbound = buffered
+            return b""
+        header, consumed = parsed
+        self.inbound = None
+        if header.source is not None:
+            self.proxied = header
+            self.client = f"{Address(*header.source)} via {self.client}"
+        return buffered[consumed:]
 
     def readConnectionLost(self) -> None:
         if self.relay is not None:
@@ -183,11 +220,32 @@ class ClientConnection(Protocol):
         self.connected_at = self.clock.seconds()
         self.outcome = "relayed"
         self.backend = _peer(backend.transport)
-        relay = Relay(self.transport, backend.transport, self.clock, self.settings.idle_timeout, self._relay_closed)
+        relay = Relay(
+            self.transport,
+            backend.transport,
+            self.clock,
+            self.settings.idle_timeout,
+            self._relay_closed,
+            splice=self.settings.splice,
+        )
         backend.relay = relay
         self.relay = relay
-        relay.start(self.buffered)
+        version = self.route.proxy_protocol
+        header = b""
+        if version:
+            header = proxyprotocol.header(version, *self._endpoints(), authority=self.hello.server_name)
+        relay.start(self.buffered, header)
         self.buffered = b""
+
+    def _endpoints(self) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+        """The (client, proxy) address pair a PROXY header reports."""
+        proxied = self.proxied
+        if proxied is not None:
+            return proxied.source, proxied.destination
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        if getattr(peer, "port", None) is None or getattr(host, "port", None) is None:
+            return None, None
+        return (peer.host, peer.port), (host.host, host.port)
 
     def _connect_failed(self, failure: Failure) -> None:
         self.pending = None
@@ -198,7 +256,34 @@ class ClientConnection(Protocol):
         self.reject("backend unreachable", str(failure.value), alerts.INTERNAL_ERROR)
 
     def _relay_closed(self, relay: Relay) -> None:
-        self.reason = relay.close_reason or ""
+        reason = self.reason = relay.close_reason or ""
+        # Ordinary endings are in the access log only; these get a line of
+        # their own (one per connection, never per chunk).
+        if reason == "backend reset":
+            log.warn(
+                "backend {backend} reset the connection for {client} sni={sni} "
+                "after {up} bytes up, {down} bytes down",
+                backend=self.backend,
+                client=self.client,
+                sni=self.hello.server_name or "-",
+                up=relay.up,
+                down=relay.down,
+                reason=reason,
+            )
+        elif reason == "idle timeout":
+            stalled = relay.stalled
+            log.info(
+                "closed {client} sni={sni} to {backend}: {why} for {timeout:g}s, "
+                "after {up} bytes up, {down} bytes down",
+                client=self.client,
+                sni=self.hello.server_name or "-",
+                backend=self.backend,
+                why=f"the {stalled} read nothing" if stalled else "no bytes either way",
+                timeout=self.settings.idle_timeout,
+                up=relay.up,
+                down=relay.down,
+                reason=reason,
+            )
         self.factory.closed(self)
 
     # -- endings
@@ -296,10 +381,9 @@ class ProxyFactory(Factory):
             from twisted.internet import reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        self.settings = settings
-        self.router = router
         self.access_log = access_log
         self.metrics = metrics
+        self.reconfigure(settings, router)
         self.connections: set[ClientConnection] = set()
         self._per_client: dict[str, int] = {}
         self._last_limit_log = float("-inf")
@@ -310,6 +394,19 @@ class ProxyFactory(Factory):
         """New connections use C{settings} and C{router}; live ones keep theirs."""
         self.settings = settings
         self.router = router
+        self._trusted = tuple(ipaddress.ip_network(network) for network in settings.accept_proxy_from)
+
+    def trusts_proxy_header(self, peer) -> bool:
+        """Whether C{peer} is a load balancer allowed (and expected) to send a PROXY header."""
+        if not self._trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(peer.host)
+        except (AttributeError, ValueError):
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._trusted)
 
     def buildProtocol(self, addr) -> ClientConnection | None:
         """
@@ -323,7 +420,13 @@ class ProxyFactory(Factory):
             self._over_limit(host, addr, f"{open_now} connections open (proxy.max_connections)")
             return None
         per_client = self._per_client.get(host, 0)
-        if settings.max_connections_per_client and per_client >= settings.max_connections_per_client:
+        if (
+            settings.max_connections_per_client
+            and per_client >= settings.max_connections_per_client
+            # A trusted load balancer carries many clients: the real one is
+            # known only from its PROXY header, after this decision.
+            and not self.trusts_proxy_header(addr)
+        ):
             self._over_limit(host, addr, f"{per_client} connections open from this address (proxy.max_connections_per_client)")
             return None
         self._per_client[host] = per_client + 1

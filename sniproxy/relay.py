@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -23,6 +24,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from sniproxy import splice
+from sniproxy.splice import SplicePump
 
 __all__ = ["BackendConnection", "Relay"]
 
@@ -35,21 +39,27 @@ class _Valve:
     the byte path).
     """
 
-    __slots__ = ("transport", "pauses")
+    __slots__ = ("transport", "pauses", "paused")
 
     def __init__(self, transport) -> None:
         self.transport = transport
         self.pauses = 0
+        self.paused = False
 
     def pauseProducing(self) -> None:
         self.pauses += 1
+        self.paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.transport.stopProducing()
+        # The peer's connection is gone.  The relay closes this side itself
+        # as it hears of that; closing it here (what a transport's
+        # stopProducing does) would come first and blame the wrong side.
+        pass
 
 
 @implementer(IHalfCloseableProtocol)
@@ -89,8 +99,9 @@ class Relay:
     @ivar up: bytes relayed client -> backend (including the preamble).
     @ivar down: bytes relayed backend -> client.
     @ivar close_reason: why the pair closed (C{"done"}, C{"client closed"},
-        C{"backend closed"}, C{"idle timeout"}, C{"shutdown"}, ...), or
-        C{None} while it is open.
+        C{"backend closed"}, C{"backend reset"} (its connection was lost with
+        an error: a reset, or a write it refused), C{"idle timeout"},
+        C{"shutdown"}, ...), or C{None} while it is open.
     """
 
     def __init__(
@@ -100,6 +111,7 @@ class Relay:
         clock: IReactorTime,
         idle_timeout: float,
         closed: Callable[[Relay], None],
+        splice: bool = False,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -118,23 +130,76 @@ class Relay:
         self._client_valve = _Valve(client)
         self._backend_valve = _Valve(backend)
         self._idle_call: IDelayedCall | None = None
+        self._splice = splice
+        self.pump: SplicePump | None = None
 
     @property
     def pauses(self) -> tuple[int, int]:
         """How often (client reads, backend reads) were paused by the other side's full buffer."""
+        if self.pump is not None:
+            return self.pump.stalls
         return self._client_valve.pauses, self._backend_valve.pauses
 
-    def start(self, preamble: bytes) -> None:
+    @property
+    def stalled(self) -> str:
         """
-        Write C{preamble} (the buffered ClientHello, after any PROXY header)
-        to the backend, then start relaying both ways.
+        Which side, if any, is not reading what it is sent (its send buffer
+        is full, so the other side's reads are paused), for log lines.
         """
-        self.up = len(preamble)
-        self.backend.write(preamble)
-        self.backend.registerProducer(self._client_valve, True)
-        self.client.registerProducer(self._backend_valve, True)
+        if self.pump is not None:
+            return self.pump.stalled
+        if self._client_valve.paused:
+            return "backend"
+        if self._backend_valve.paused:
+            return "client"
+        return ""
+
+    def start(self, buffered: bytes, header: bytes = b"") -> None:
+        """
+        Write C{header} (a PROXY protocol header, or nothing) and the
+        client's C{buffered} bytes to the backend in one write, then start
+        relaying both ways.  Only the client's bytes count in L{up}.
+        """
+        self.up = len(buffered)
+        preamble = header + buffered if header else buffered
+        if self._splice and splice.available(self.client, self.backend):
+            pumping = self._sent_at_once(preamble)
+        else:
+            self.backend.write(preamble)
+            pumping = False
+        if pumping:
+            # From here on the bytes never enter this process.
+            self.pump = SplicePump(self.client, self.backend, self._moved_up, self._moved_down)
+        else:
+            self.backend.registerProducer(self._client_valve, True)
+            self.client.registerProducer(self._backend_valve, True)
         self.client.resumeProducing()
         self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
+
+    def _sent_at_once(self, data: bytes) -> bool:
+        """
+        Send C{data} straight to the backend's fresh socket (whose buffer
+        takes a ClientHello whole); what it does not take goes through the
+        transport, and then the pump cannot be used (it would overtake it).
+        """
+        try:
+            sent = self.backend.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the transport's own write will meet the error too
+        if sent == len(data):
+            return True
+        self.backend.write(data[sent:])
+        return False
+
+    def _moved_up(self, count: int) -> None:
+        self.up += count
+        self.last_activity = self.clock.seconds()
+
+    def _moved_down(self, count: int) -> None:
+        self.down += count
+        self.last_activity = self.clock.seconds()
 
     def from_client(self, data: bytes) -> None:
         self.up += len(data)
@@ -170,7 +235,8 @@ class Relay:
 
     def backend_lost(self, reason: Failure) -> None:
         self._backend_lost = True
-        self.close("backend closed")
+        # ConnectionLost (not ConnectionDone): a reset, or a write refused.
+        self.close("backend reset" if reason.check(ConnectionLost) else "backend closed")
 
     def close(self, reason: str) -> None:
         """
@@ -189,6 +255,8 @@ class Relay:
                 transport.loseConnection()
         if self._client_lost and self._backend_lost and not self._reported:
             self._reported = True
+            if self.pump is not None:
+                self.pump.close()
             self._closed(self)
 
     def abort(self, reason: str) -> None:

@@ -4,10 +4,12 @@ C{twistd sniproxy}: the command-line options and the service they make.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.python import usage
 
 from sniproxy.config import ConfigError, load_config
-from sniproxy.service import ProxyService
+from sniproxy.service import ProxyService, StartError
 
 __all__ = ["Options", "makeService"]
 
@@ -35,4 +37,22 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> ProxyService:
+    _quiet_start_errors()
     return ProxyService(options.loaded, handle_signals=True)
+
+
+def _quiet_start_errors() -> None:
+    """
+    A L{StartError} (a port in use, say) ends twistd's start: print its one
+    line instead of a traceback.  (In daemon mode twistd reports it on the
+    status pipe as "An error has occurred: ...StartError: ...".)
+    """
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, StartError):
+            print(f"sniproxy: {value}", file=sys.__stderr__)
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = excepthook

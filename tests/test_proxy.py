@@ -6,6 +6,7 @@ backends, real bytes.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 
 from OpenSSL import SSL
@@ -16,10 +17,11 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 
+from sniproxy.proxyprotocol import PP2_TYPE_AUTHORITY, ProxyHeaderError, header_v1, parse_proxy_header
 from sniproxy.testing.clienthello import make_client_hello
 from sniproxy.testing.proxy import running_proxy
 from sniproxy.testing.tls import CertificateAuthority, Collect, https_client, listen_https
@@ -179,8 +181,17 @@ class SlowSink(Protocol):
             self.done.callback(None)
 
 
-class RelayTests(TestCase):
-    """Bytes, flow control and half-close through the relay."""
+class PortableRelayTests(TestCase):
+    """
+    Bytes, flow control and half-close through the relay, with the portable
+    pump (the transports' own reads and writes, each the other's producer).
+    """
+
+    splice = False
+
+    def proxy(self, routes: str):
+        service, port = running_proxy(self, f"[proxy]\nsplice = {str(self.splice).lower()}\n{routes}")
+        return service, port
 
     @inlineCallbacks
     def test_64_mib_each_way_with_slow_readers(self):
@@ -201,8 +212,7 @@ class RelayTests(TestCase):
             return backends[-1]
 
         backend = yield listen(self, Factory.forProtocol(backend_protocol))
-        service, port = running_proxy(
-            self,
+        service, port = self.proxy(
             f"""
             [routing.static]
             "bulk.example.com" = "127.0.0.1:{backend.getHost().port}"
@@ -241,6 +251,7 @@ class RelayTests(TestCase):
         self.assertEqual(client.received, size)
         self.assertEqual(client.hash.digest(), hashlib.sha256(down).digest())
         [relay] = relays
+        self.assertEqual(relay.pump is not None, self.splice)
         client_pauses, backend_pauses = relay.pauses
         self.assertGreater(client_pauses, 0, "the client was never paused for the slow backend")
         self.assertGreater(backend_pauses, 0, "the backend was never paused for the slow client")
@@ -269,8 +280,7 @@ class RelayTests(TestCase):
                 pass
 
         backend = yield listen(self, Factory.forProtocol(AnswerAfterEOF))
-        _, port = running_proxy(
-            self,
+        _, port = self.proxy(
             f"""
             [routing.static]
             "echo.example.com" = "127.0.0.1:{backend.getHost().port}"
@@ -294,6 +304,16 @@ class RelayTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         answer = yield client.done
         self.assertEqual(answer, b"got %d bytes" % (len(hello) + 1000))
+
+
+class SpliceRelayTests(PortableRelayTests):
+    """The same through the Linux zero-copy pump (splice(2) through pipes)."""
+
+    splice = True
+
+    def setUp(self):
+        if not hasattr(os, "splice"):
+            raise SkipTest("no splice(2) here")
 
 
 class ConnectTests(TestCase):
@@ -400,3 +420,112 @@ class MalformedInputTests(TestCase):
         protocol.transport.write(b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message)
         received = yield client.done
         self.assertEqual(received, b"\x15\x03\x01\x00\x02\x02\x32")
+
+
+class HeaderThenCollect(Collect):
+    """A backend that parses the PROXY header, if any, and keeps the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header = None
+        self.decided: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.decided.called:
+            return
+        received = b"".join(self.chunks)
+        try:
+            parsed = parse_proxy_header(received)
+        except ProxyHeaderError:
+            self.decided.callback(None)
+            return
+        if parsed is not None:
+            self.header, consumed = parsed
+            self.chunks = [received[consumed:]]
+            self.decided.callback(None)
+
+
+class ProxyProtocolTests(TestCase):
+    """PROXY headers to backends, chosen by the route; and from trusted balancers."""
+
+    @inlineCallbacks
+    def relay_one(self, routes: str, name: str, first: bytes = b"", extra: str = ""):
+        backends: list[HeaderThenCollect] = []
+        backend = yield listen(self, Factory.forProtocol(lambda: backends.append(HeaderThenCollect()) or backends[-1]))
+        service, port = running_proxy(self, routes.format(port=backend.getHost().port) + extra)
+        hello = make_client_hello(name)
+        client = Collect()
+        protocol = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        protocol.transport.write(first + hello)
+        client_address = protocol.transport.getHost()
+        while not backends:
+            yield deferLater(reactor, 0.01, lambda: None)
+        yield backends[0].decided
+        while len(b"".join(backends[0].chunks)) < len(hello):
+            yield deferLater(reactor, 0.01, lambda: None)
+        protocol.transport.loseConnection()
+        yield backends[0].done
+        yield client.done
+        return backends[0], client_address, port, hello
+
+    @inlineCallbacks
+    def test_v1_per_static_route(self):
+        backend, client_address, port, hello = yield self.relay_one(
+            '[routing.static]\n"pp.example.com" = {{ backend = "127.0.0.1:{port}", proxy_protocol = 1 }}\n',
+            "pp.example.com",
+        )
+        self.assertEqual(backend.header.version, 1)
+        self.assertEqual(backend.header.source, ("127.0.0.1", client_address.port))
+        self.assertEqual(backend.header.destination, ("127.0.0.1", port))
+        self.assertEqual(b"".join(backend.chunks), hello)
+
+    @inlineCallbacks
+    def test_v2_per_app_with_the_sni(self):
+        backend, client_address, port, hello = yield self.relay_one(
+            '[routing.static]\n"pp.example.com" = {{ app = "web" }}\n'
+            '[apps.web]\nbackends = ["127.0.0.1:{port}"]\nproxy_protocol = 2\n',
+            "pp.example.com",
+        )
+        self.assertEqual((backend.header.version, backend.header.command), (2, "PROXY"))
+        self.assertEqual(backend.header.source, ("127.0.0.1", client_address.port))
+        self.assertEqual(backend.header.tlv(PP2_TYPE_AUTHORITY), b"pp.example.com")
+        self.assertEqual(b"".join(backend.chunks), hello)
+
+    @inlineCallbacks
+    def test_off_unless_the_route_says(self):
+        """Nothing the client sends can turn the header on: off means off."""
+        backend, _, _, hello = yield self.relay_one(
+            '[routing.static]\n"pp.example.com" = "127.0.0.1:{port}"\n', "pp.example.com"
+        )
+        self.assertIsNone(backend.header)
+        self.assertEqual(b"".join(backend.chunks), hello)
+
+    @inlineCallbacks
+    def test_inbound_header_from_a_trusted_balancer(self):
+        """
+        From a trusted network, the client's PROXY header names the real
+        client: the backend's header carries it, and the inbound header is
+        never forwarded.
+        """
+        inbound = header_v1(("203.0.113.7", 4242), ("198.51.100.1", 443))
+        backend, _, _, hello = yield self.relay_one(
+            '[routing.static]\n"pp.example.com" = {{ backend = "127.0.0.1:{port}", proxy_protocol = 2 }}\n',
+            "pp.example.com",
+            first=inbound,
+            extra='[proxy]\naccept_proxy_from = ["127.0.0.0/8"]\n',
+        )
+        self.assertEqual(backend.header.source, ("203.0.113.7", 4242))
+        self.assertEqual(backend.header.destination, ("198.51.100.1", 443))
+        self.assertEqual(b"".join(backend.chunks), hello)
+
+    @inlineCallbacks
+    def test_inbound_header_from_an_untrusted_peer_is_not_tls(self):
+        events = capture_logs(self)
+        _, port = running_proxy(self, '[proxy]\naccept_proxy_from = ["10.0.0.0/8"]\n')
+        client = Collect()
+        protocol = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        protocol.transport.write(header_v1(("203.0.113.7", 4242), ("198.51.100.1", 443)))
+        yield client.done
+        [line] = rejections(events)
+        self.assertIn("not TLS", line["reason"])

@@ -83,3 +83,18 @@ class TwistdTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"config: proxy.idle_timeout: expected a number, got a string 'forever'", out + err)
         self.assertNotIn(b"Traceback", out + err)
+
+    @inlineCallbacks
+    def test_port_in_use_fails_the_start_in_one_line(self):
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+
+        taken = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        path = self.write("taken.toml", f'[proxy]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'.encode())
+        argv = twistd_command("-n", "--pidfile=", "sniproxy", "--config", path)
+        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=child_environment())
+        self.assertEqual(code, 1)
+        self.assertIn(f"sniproxy: cannot listen on tcp:{port}:interface=127.0.0.1: ".encode(), out + err)
+        self.assertNotIn(b"Traceback", out + err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 from twisted.internet.defer import Deferred
@@ -53,6 +54,7 @@ class Twistd(ProcessProtocol):
         self.listening: Deferred[list[str]] = Deferred()
         self.ended: Deferred[int] = Deferred()
         self.transport = None
+        self._waiting: list[tuple[bytes, int, Deferred[None]]] = []
 
     def start(self, reactor, *, cwd: str | None = None) -> Deferred[list[str]]:
         argv = twistd_command("-n", "--pidfile=", "sniproxy", "--config", self.config_path, *self.extra)
@@ -65,6 +67,18 @@ class Twistd(ProcessProtocol):
             self.addresses.append(match.group(1).decode())
         if self.addresses and not self.listening.called:
             self.listening.callback(self.addresses)
+        waiting, self._waiting = self._waiting, []
+        for text, start, d in waiting:
+            if text in self.output[start:]:
+                d.callback(None)
+            else:
+                self._waiting.append((text, start, d))
+
+    def wait_for(self, text: bytes) -> Deferred[None]:
+        """Fire once C{text} appears in the output written from now on."""
+        d: Deferred[None] = Deferred()
+        self._waiting.append((text, len(self.output), d))
+        return d
 
     errReceived = outReceived
 
@@ -80,8 +94,9 @@ class Twistd(ProcessProtocol):
         self.ended.callback(code)
 
     def signal(self, name: str = "TERM") -> None:
+        """Send the signal C{SIG<name>}, if the process still runs."""
         if self.transport is not None and self.transport.pid is not None:
-            self.transport.signalProcess(name)
+            self.transport.signalProcess(getattr(signal, f"SIG{name}"))
 
     def stop(self) -> Deferred[int]:
         """Send SIGTERM (once) and fire with the exit code."""

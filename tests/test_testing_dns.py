@@ -442,3 +442,34 @@ class IPv6Tests(TestCase):
 
         answers, _, _ = yield client.Resolver(servers=[server.address]).lookupAddress("a.test")
         self.assertEqual(len(answers), 1)
+
+
+class ControlChannelTests(ServerTestCase):
+    """The C{--control} commands the benchmark drives the server with."""
+
+    def setUp(self):
+        super().setUp()
+        from sniproxy.testing.dns import _Control
+
+        self.control = _Control(self.server)
+
+    @defer.inlineCallbacks
+    def test_commands(self):
+        self.server.add_txt("_x.a.test", "app:443", ttl=30)
+        self.assertEqual(self.control.command("delay 0.25"), "ok delay 0.25")
+        self.assertEqual(self.server.delay, 0.25)
+        self.assertEqual(self.control.command("delay 0"), "ok delay 0")
+        self.assertEqual(self.control.command("ttl 2 _x.a.test"), "ok ttl 2 records=1")
+        response = yield self.udp("_x.a.test", dns.TXT)
+        self.assertEqual(response.answers[0].ttl, 2)
+        self.assertEqual(json.loads(self.control.command("stats")), {"queries": 1, "names": {"_x.a.test": 1}})
+        self.assertEqual(self.control.command("reset"), "ok reset")
+        self.assertEqual(json.loads(self.control.command("stats"))["queries"], 0)
+        self.assertEqual(self.control.command("outage on"), "ok outage on")
+        self.assertTrue(self.server.outage)
+        self.assertEqual(self.control.command("outage off"), "ok outage off")
+
+    def test_bad_commands(self):
+        self.assertEqual(self.control.command(""), "error: empty command")
+        self.assertEqual(self.control.command("outage maybe"), "error: unknown command 'outage maybe'")
+        self.assertTrue(self.control.command("delay soon").startswith("error: "))

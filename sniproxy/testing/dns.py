@@ -35,7 +35,10 @@ Every query received, answered or not, is logged (L{log}, L{queries_for},
 L{wait_for_queries}).
 
 Run C{python -m sniproxy.testing.dns --records FILE} to serve a JSON file of
-records from a child process (see L{DNSServer.load} for the format).
+records from a child process (see L{DNSServer.load} for the format); with
+C{--control} it also takes commands on standard input, one a line, each
+answered with one line on standard output (see L{_Control}), and exits when
+standard input closes.
 """
 
 from __future__ import annotations
@@ -334,6 +337,20 @@ class DNSServer:
         else:
             self._delays[_normal(name)] = seconds
 
+    def set_ttl(self, ttl: int, name: str | None = None) -> int:
+        """
+        Give every record (or every record at C{name}) this TTL.
+
+        @return: how many records were changed.
+        """
+        changed = 0
+        for owner, types in self._records.items():
+            if name is None or owner == _normal(name):
+                for kind, records in types.items():
+                    types[kind] = [(int(ttl), payload) for _, payload in records]
+                    changed += len(records)
+        return changed
+
     def load(self, data: Mapping[str, Any]) -> None:
         """
         Add records from a JSON-like mapping::
@@ -521,10 +538,74 @@ class DNSServer:
         return dns.RRHeader(zone, dns.SOA, dns.IN, soa.ttl, payload, auth=True)
 
 
+class _Control:
+    """
+    The C{--control} channel: commands on standard input, one a line, each
+    answered with one line on standard output::
+
+        delay SECONDS        hold every answer back this long   -> ok delay 0.3
+        outage on|off        drop every query, or answer again  -> ok outage on
+        ttl SECONDS [NAME]   every record's (or NAME's) TTL     -> ok ttl 2 records=3
+        stats                the log since the last reset       -> {"queries": 4, "names": {"a.test": 4}}
+        reset                empty the log                      -> ok reset
+
+    A bad command gets C{error: <why>}.  End of input stops the server.
+    """
+
+    def __init__(self, server: DNSServer) -> None:
+        self.server = server
+
+    def command(self, line: str) -> str:
+        words = line.split()
+        if not words:
+            return "error: empty command"
+        verb, arguments = words[0].lower(), words[1:]
+        try:
+            if verb == "delay" and len(arguments) == 1:
+                self.server.delay = max(0.0, float(arguments[0]))
+                return f"ok delay {self.server.delay:g}"
+            if verb == "outage" and arguments in (["on"], ["off"]):
+                self.server.outage = arguments[0] == "on"
+                return f"ok outage {arguments[0]}"
+            if verb == "ttl" and len(arguments) in (1, 2):
+                changed = self.server.set_ttl(int(arguments[0]), *arguments[1:])
+                return f"ok ttl {int(arguments[0])} records={changed}"
+            if verb == "stats" and not arguments:
+                names = collections.Counter(q.name for q in self.server.log)
+                return json.dumps({"queries": len(self.server.log), "names": dict(names)}, sort_keys=True)
+            if verb == "reset" and not arguments:
+                self.server.reset_log()
+                return "ok reset"
+        except ValueError as error:
+            return f"error: {error}"
+        return f"error: unknown command {line.strip()[:80]!r}"
+
+
+def _serve_control(server: DNSServer, reactor: Any) -> None:
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    control = _Control(server)
+
+    class Lines(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            answer = control.command(line.decode("utf-8", "replace"))
+            self.sendLine(answer.encode("utf-8"))
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if reactor.running:
+                reactor.stop()
+
+    stdio.StandardIO(Lines())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     C{python -m sniproxy.testing.dns [--interface I] [--port N] [--records
-    FILE.json] [--delay S]}: serve until killed.  Prints C{"<host> <port>"}
+    FILE.json] [--delay S] [--control]}: serve until killed (or, with
+    C{--control}, until standard input closes).  Prints C{"<host> <port>"}
     on a line once listening.
     """
     from twisted.internet import reactor
@@ -534,6 +615,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 = a free port (UDP and TCP)")
     parser.add_argument("--records", help="JSON file, see DNSServer.load")
     parser.add_argument("--delay", type=float, default=None, help="seconds every answer is held back")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="take commands on stdin (delay S, outage on|off, ttl S [NAME], stats, reset); exit at its end",
+    )
     options = parser.parse_args(argv)
     dnsServer = DNSServer(interface=options.interface)
     if options.records:
@@ -543,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         dnsServer.delay = options.delay
     dnsServer.start(options.port)
     print(f"{dnsServer.interface} {dnsServer.port}", flush=True)
+    if options.control:
+        _serve_control(dnsServer, reactor)
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,1 @@
+"""The sniproxy benchmark: C{python bench/run.py --help}.  (C{leaks.py} is a separate script.)"""

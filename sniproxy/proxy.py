@@ -186,7 +186,7 @@ class ClientConnection(Protocol):
         self.buffered = buffered
         self.transport.pauseProducing()
         self.pending = self.router.route(hello.server_name)
-        self.pending.addCallbacks(self._routed, self._routing_failed)
+        self.pending.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, "routing failed"))
 
     def _routed(self, route: Route | None) -> None:
         self.pending = None
@@ -205,15 +205,16 @@ class ClientConnection(Protocol):
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
         )
-        self.pending.addCallbacks(self._connected, self._connect_failed)
+        self.pending.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, "backend unreachable"))
 
-    def _routing_failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, expected: type[Exception], outcome: str) -> None:
+        """Routing or connecting failed: refuse with C{internal_error}."""
         self.pending = None
         if failure.check(CancelledError):
-            return
-        if not failure.check(RoutingError):
-            log.failure("routing {sni} failed unexpectedly", failure, sni=self.hello.server_name)
-        self.reject("routing failed", str(failure.value), alerts.INTERNAL_ERROR)
+            return  # the client went away first
+        if not failure.check(expected):
+            log.failure("{outcome} for sni={sni}: unexpected error", failure, outcome=outcome, sni=self.hello.server_name)
+        self.reject(outcome, str(failure.value), alerts.INTERNAL_ERROR)
 
     def _connected(self, backend: BackendConnection) -> None:
         self.pending = None
@@ -246,14 +247,6 @@ class ClientConnection(Protocol):
         if getattr(peer, "port", None) is None or getattr(host, "port", None) is None:
             return None, None
         return (peer.host, peer.port), (host.host, host.port)
-
-    def _connect_failed(self, failure: Failure) -> None:
-        self.pending = None
-        if failure.check(CancelledError):
-            return
-        if not failure.check(ConnectError):
-            log.failure("connecting for {sni} failed unexpectedly", failure, sni=self.hello.server_name)
-        self.reject("backend unreachable", str(failure.value), alerts.INTERNAL_ERROR)
 
     def _relay_closed(self, relay: Relay) -> None:
         reason = self.reason = relay.close_reason or ""

@@ -6,9 +6,6 @@ with the client's timers on a L{Clock}.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -24,20 +21,9 @@ from sniproxy.testing.clock import ClockReactor
 from sniproxy.testing.dns import DNSServer
 
 
-def tempPath(test: TestCase) -> str:
-    """
-    A path in a new temporary directory, removed after the test.  (Trial's
-    C{mktemp} is relative to the working directory, which under pytest is
-    the source tree.)
-    """
-    directory = tempfile.mkdtemp()
-    test.addCleanup(shutil.rmtree, directory, True)
-    return os.path.join(directory, "file")
-
-
 class ResolvConfTests(TestCase):
     def write(self, text: str) -> str:
-        path = tempPath(self)
+        path = self.mktemp()
         with open(path, "w") as f:
             f.write(text)
         return path
@@ -70,7 +56,7 @@ class ResolvConfTests(TestCase):
         A missing file, or one without nameservers, means 127.0.0.1:53 (as
         the C library has it), and says so in the log.
         """
-        for path in (tempPath(self), self.write("search example.com\n")):
+        for path in (self.mktemp(), self.write("search example.com\n")):
             with capturedLogs() as events:
                 servers = parse_resolv_conf(path)
             self.assertEqual(servers, [("127.0.0.1", 53)])
@@ -148,7 +134,7 @@ class AnswerTests(UpstreamTestCase):
         Names go out as given, whatever resolv.conf's search list and ndots
         say.
         """
-        path = tempPath(self)
+        path = self.mktemp()
         with open(path, "w") as f:
             f.write("search example.com\noptions ndots:5\nnameserver 127.0.0.1\n")
         host, port = self.server.address

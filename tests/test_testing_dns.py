@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -25,17 +23,6 @@ from twisted.trial.unittest import TestCase
 import sniproxy
 from sniproxy.testing.clock import ClockReactor
 from sniproxy.testing.dns import DNSServer, QueryRecord
-
-
-def tempPath(test: TestCase) -> str:
-    """
-    A path in a new temporary directory, removed after the test.  (Trial's
-    C{mktemp} is relative to the working directory, which under pytest is
-    the source tree.)
-    """
-    directory = tempfile.mkdtemp()
-    test.addCleanup(shutil.rmtree, directory, True)
-    return os.path.join(directory, "file")
 
 
 class _Controller:
@@ -379,7 +366,7 @@ class LoadTests(TestCase):
         C{python -m sniproxy.testing.dns --records FILE} serves the file and
         prints where it listens.
         """
-        path = tempPath(self)
+        path = self.mktemp()
         with open(path, "w") as f:
             json.dump({"records": [{"name": "a.test", "type": "A", "value": "10.0.0.9"}]}, f)
         root = os.path.dirname(os.path.dirname(os.path.abspath(sniproxy.__file__)))

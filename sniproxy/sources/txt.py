@@ -140,35 +140,44 @@ class TXTResolver:
         self.wildcard_prefix = config.wildcard_prefix + "." if config.wildcard_prefix else ""
         self._decisions: dict[tuple[str, tuple[bytes, ...]], _Decision] = {}
 
-    def resolve(self, server_name: str) -> Deferred[Route | None]:
-        owner = self.prefix + server_name + "."
-        if len(owner) > 254:
-            return Deferred.fromCoroutine(self._resolve(server_name, owner, None))
-        d = self.dns.query(owner, dns.TXT)
-        # The common case, a warm hit on the primary record: no coroutine.
-        if d.called:
-            answer = d.result
-            if not isinstance(answer, Failure) and answer.negative is None:
-                decision = self._decide(server_name, owner, answer)
-                if decision is not None:
-                    return self._answer(decision, answer, (_trace(owner, answer),))
-        return Deferred.fromCoroutine(self._resolve(server_name, owner, d))
+    def owners(self, server_name: str) -> list[str]:
+        """The owner names asked for C{server_name}, in order."""
+        owners = [self.prefix + server_name + "."]
+        if self.legacy_prefix:
+            owners.append(self.legacy_prefix + server_name + ".")
+        if self.wildcard_prefix and "." in server_name:
+            owners.append(self.wildcard_prefix + server_name.partition(".")[2] + ".")
+        return owners
 
-    async def _resolve(self, server_name: str, owner: str, first: Deferred | None) -> Route | None:
+    def resolve(self, server_name: str) -> Deferred[Route | None]:
+        owners = self.owners(server_name)
         trace: list[str] = []
-        answer = await self._lookup(owner, first, trace)
-        decision = self._decide(server_name, owner, answer)
-        if decision is None and self.legacy_prefix:
-            owner = self.legacy_prefix + server_name + "."
-            answer = await self._lookup(owner, None, trace)
+        # The common case, warm cache entries: walk the owners without a
+        # coroutine while their answers are already there.
+        for index, owner in enumerate(owners):
+            if len(owner) > 254:
+                break
+            d = self.dns.query(owner, dns.TXT)
+            if not d.called or isinstance(d.result, Failure):
+                return Deferred.fromCoroutine(self._resolve(server_name, owners[index:], d, trace))
+            answer = d.result
+            trace.append(_trace(owner, answer))
             decision = self._decide(server_name, owner, answer)
-        if decision is None and self.wildcard_prefix and "." in server_name:
-            owner = self.wildcard_prefix + server_name.partition(".")[2] + "."
-            answer = await self._lookup(owner, None, trace)
+            if decision is not None:
+                return self._answer(decision, answer, tuple(trace))
+        else:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._resolve(server_name, owners[index:], None, trace))
+
+    async def _resolve(self, server_name: str, owners: list[str], first: Deferred | None, trace: list[str]) -> Route | None:
+        d = first
+        for owner in owners:
+            answer = await self._lookup(owner, d, trace)
+            d = None
             decision = self._decide(server_name, owner, answer)
-        if decision is None:
-            return None
-        return await self._answer(decision, answer, tuple(trace))
+            if decision is not None:
+                return await self._answer(decision, answer, tuple(trace))
+        return None
 
     async def _lookup(self, owner: str, d: Deferred | None, trace: list[str]):
         if d is None:

@@ -14,9 +14,20 @@ from typing import IO, Any
 
 from twisted.logger import Logger
 
-__all__ = ["AccessLog"]
+__all__ = ["AccessLog", "cannot_open"]
 
 log = Logger()
+
+
+def cannot_open(path: str) -> str | None:
+    """Why the access log at C{path} cannot be opened, or C{None} if it can."""
+    if path in ("", "-"):
+        return None
+    try:
+        open(path, "a", encoding="utf-8").close()
+    except OSError as error:
+        return f"cannot open {path!r}: {error.strerror}"
+    return None
 
 
 class AccessLog:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import socket
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.names import dns
 
+from sniproxy.dns.cache import describe_error
 from sniproxy.interfaces import Address, RoutingError
 
 __all__ = ["AddressResolver", "is_ip_literal"]
@@ -72,8 +73,10 @@ class AddressResolver:
         for kind in (dns.A, dns.AAAA):
             try:
                 answer = await self.dns.query(name, kind)
+            except CancelledError:
+                raise  # the connection went away, or the routing deadline passed
             except Exception as error:
-                raise RoutingError(f"backend {name!r}: {dns.QUERY_TYPES[kind]} lookup failed: {error or type(error).__name__}") from None
+                raise RoutingError(f"backend {name!r}: {dns.QUERY_TYPES[kind]} lookup failed: {describe_error(error)}") from None
             if answer.negative == "nxdomain":
                 raise RoutingError(f"backend {name!r} does not exist (NXDOMAIN)")
             found = [_address(record) for record in answer.records if record.type == kind]

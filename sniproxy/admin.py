@@ -53,18 +53,25 @@ class ExplainPage(Resource):
             request.setResponseCode(400)
             return b'{"error": "give the name to explain as ?name=NAME"}\n'
         d = self.explain(names[0].decode("utf-8", "replace"))
+        gone: list[bool] = []
 
         def done(result: dict[str, Any]) -> None:
             request.write(json.dumps(result, indent=2).encode() + b"\n")
             request.finish()
 
         def failed(failure: Failure) -> None:
+            if gone:
+                return  # the client hung up: nobody to answer
             request.setResponseCode(500)
             request.write(json.dumps({"error": str(failure.value)}).encode() + b"\n")
             request.finish()
 
+        def hung_up(failure: Failure) -> None:
+            gone.append(True)
+            d.cancel()
+
         d.addCallbacks(done, failed)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        request.notifyFinish().addErrback(hung_up)
         return NOT_DONE_YET
 
 

@@ -169,5 +169,8 @@ def connect(
         failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
     race = _Race(reactor, clock, addresses, build, timeout, stagger)
-    race.start_next()
+    if addresses:
+        race.start_next()
+    else:
+        race.fail()
     return race.result

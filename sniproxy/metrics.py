@@ -25,6 +25,7 @@ OUTCOMES = (
     "client closed",
     "over limit",
     "shutdown",
+    "internal error",
 )
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -71,8 +72,9 @@ class ProxyMetrics:
         self.connections = Counter(
             "sniproxy_connections", "Connections handled, by outcome", ["outcome"], registry=registry
         )
-        for outcome in OUTCOMES:
-            self.connections.labels(outcome)
+        # Children bound once: a labels() lookup per connection costs more
+        # than the increment.
+        self._outcomes = {outcome: self.connections.labels(outcome) for outcome in OUTCOMES}
         self.routed = Counter(
             "sniproxy_routed_connections",
             "Connections routed, by the source that answered and the DNS cache state",
@@ -94,21 +96,34 @@ class ProxyMetrics:
         self.relayed_bytes = Counter(
             "sniproxy_relayed_bytes", "Bytes relayed, by direction", ["direction"], registry=registry
         )
+        self._routed: dict[tuple[str, str], Any] = {}
         self._up = self.relayed_bytes.labels("up")
         self._down = self.relayed_bytes.labels("down")
         live_gauge = Gauge("sniproxy_live_connections", "Connections open now", registry=registry)
         live_gauge.set_function(live)
         registry.register(_DNSCollector(dns_counters))
 
+    def over_limit(self) -> None:
+        """Count a connection refused at accept by a connection limit."""
+        self._outcomes["over limit"].inc()
+
     def connection_closed(self, connection) -> None:
         """Count a finished L{sniproxy.proxy.ClientConnection}."""
-        self.connections.labels(connection.outcome or "client closed").inc()
+        outcome = connection.outcome or "client closed"
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = self.connections.labels(outcome)
+        counter.inc()
         routed_at = connection.routed_at
         if routed_at is not None and connection.hello_at is not None:
             self.route_seconds.observe(routed_at - connection.hello_at)
         route = connection.route
         if route is not None:
-            self.routed.labels(route.source, route.cache or "none").inc()
+            key = (route.source, route.cache or "none")
+            routed = self._routed.get(key)
+            if routed is None:
+                routed = self._routed[key] = self.routed.labels(*key)
+            routed.inc()
         if connection.connected_at is not None:
             self.setup_seconds.observe(connection.connected_at - connection.started)
         relay = connection.relay

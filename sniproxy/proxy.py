@@ -33,6 +33,7 @@ from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxyprotocol import ProxyHeader, ProxyHeaderError, parse_proxy_header
 from sniproxy.relay import BackendConnection, Relay
+from sniproxy.splice import PipePool
 from sniproxy.routing import Router
 
 __all__ = ["ClientConnection", "ProxyFactory"]
@@ -169,7 +170,10 @@ class ClientConnection(Protocol):
             return
         if self.outcome is None:
             self.outcome = "client closed"
-            self.reason = "before the ClientHello was complete" if self.hello is None else "while routing"
+            if self.hello is None:
+                self.reason = "before the ClientHello was complete"
+            else:
+                self.reason = "while connecting" if self.route is not None else "while routing"
         pending, self.pending = self.pending, None
         if pending is not None:
             pending.cancel()
@@ -185,8 +189,9 @@ class ClientConnection(Protocol):
         self.hello = hello
         self.buffered = buffered
         self.transport.pauseProducing()
-        self.pending = self.router.route(hello.server_name)
-        self.pending.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, "routing failed"))
+        d = self.pending = self.router.route(hello.server_name)
+        d.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, "routing failed"))
+        d.addErrback(self._crashed)
 
     def _routed(self, route: Route | None) -> None:
         self.pending = None
@@ -197,7 +202,7 @@ class ClientConnection(Protocol):
             return
         self.route = route
         settings = self.settings
-        self.pending = connect(
+        d = self.pending = connect(
             self.factory.reactor,
             self.clock,
             route.backends,
@@ -205,11 +210,20 @@ class ClientConnection(Protocol):
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
         )
-        self.pending.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, "backend unreachable"))
+        d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, "backend unreachable"))
+        d.addErrback(self._crashed)
+
+    def _crashed(self, failure: Failure) -> None:
+        """A bug in our own callbacks: log it, and do not leave the connection hanging."""
+        log.failure("connection from {client} sni={sni}: internal error", failure, client=self.client, sni=self.hello.server_name)
+        self.outcome = self.outcome or "internal error"
+        self.abort("internal error")
 
     def _failed(self, failure: Failure, expected: type[Exception], outcome: str) -> None:
         """Routing or connecting failed: refuse with C{internal_error}."""
         self.pending = None
+        if outcome == "routing failed":
+            self.routed_at = self.clock.seconds()
         if failure.check(CancelledError):
             return  # the client went away first
         if not failure.check(expected):
@@ -227,7 +241,7 @@ class ClientConnection(Protocol):
             self.clock,
             self.settings.idle_timeout,
             self._relay_closed,
-            splice=self.settings.splice,
+            pipes=self.factory.pipes if self.settings.splice else None,
         )
         backend.relay = relay
         self.relay = relay
@@ -265,13 +279,14 @@ class ClientConnection(Protocol):
             )
         elif reason == "idle timeout":
             stalled = relay.stalled
+            why = "the " + stalled + " read nothing" if stalled else "no bytes either way"
             log.info(
                 "closed {client} sni={sni} to {backend}: {why} for {timeout:g}s, "
                 "after {up} bytes up, {down} bytes down",
                 client=self.client,
                 sni=self.hello.server_name or "-",
                 backend=self.backend,
-                why=f"the {stalled} read nothing" if stalled else "no bytes either way",
+                why=why,
                 timeout=self.settings.idle_timeout,
                 up=relay.up,
                 down=relay.down,
@@ -329,6 +344,8 @@ class ClientConnection(Protocol):
         @param outcome: the kind of rejection, for metrics and the access log.
         @param detail: what exactly went wrong, for the log line.
         """
+        if not self.transport.connected:
+            return  # the client left while we decided
         self.outcome = outcome
         self.reason = f"{outcome}: {detail}" if detail else outcome
         hello = self.hello
@@ -382,6 +399,8 @@ class ProxyFactory(Factory):
         self._last_limit_log = float("-inf")
         self._limit_suppressed = 0
         self._drained: list[Deferred[None]] = []
+        # Pipes for the splice pump, shared by every connection.
+        self.pipes = PipePool()
 
     def reconfigure(self, settings: ProxyConfig, router: Router) -> None:
         """New connections use C{settings} and C{router}; live ones keep theirs."""
@@ -429,17 +448,20 @@ class ProxyFactory(Factory):
 
     def _over_limit(self, host: str, addr, reason: str) -> None:
         if self.metrics is not None:
-            self.metrics.connections.labels("over limit").inc()
+            self.metrics.over_limit()
         # One line per second at most: a flood must not become a log flood.
         now = self.clock.seconds()
         if now - self._last_limit_log >= 1.0:
-            port = getattr(addr, "port", 0)
-            log.warn(
-                "refused {client}: {reason}{more}",
-                client=str(Address(host, port)),
-                reason=reason,
-                more=f" (and {self._limit_suppressed} more refused since the last line)" if self._limit_suppressed else "",
-            )
+            client = str(Address(host, getattr(addr, "port", 0)))
+            if self._limit_suppressed:
+                log.warn(
+                    "refused {client}: {reason} (and {suppressed} more refused since the last line)",
+                    client=client,
+                    reason=reason,
+                    suppressed=self._limit_suppressed,
+                )
+            else:
+                log.warn("refused {client}: {reason}", client=client, reason=reason)
             self._last_limit_log = now
             self._limit_suppressed = 0
         else:

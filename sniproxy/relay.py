@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sniproxy import splice
-from sniproxy.splice import SplicePump
+from sniproxy.splice import PipePool, SplicePump
 
 __all__ = ["BackendConnection", "Relay"]
 
@@ -111,7 +111,7 @@ class Relay:
         clock: IReactorTime,
         idle_timeout: float,
         closed: Callable[[Relay], None],
-        splice: bool = False,
+        pipes: PipePool | None = None,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -130,7 +130,7 @@ class Relay:
         self._client_valve = _Valve(client)
         self._backend_valve = _Valve(backend)
         self._idle_call: IDelayedCall | None = None
-        self._splice = splice
+        self._pipes = pipes
         self.pump: SplicePump | None = None
 
     @property
@@ -162,14 +162,16 @@ class Relay:
         """
         self.up = len(buffered)
         preamble = header + buffered if header else buffered
-        if self._splice and splice.available(self.client, self.backend):
+        if self._pipes is not None and splice.available(self.client, self.backend):
             pumping = self._sent_at_once(preamble)
         else:
             self.backend.write(preamble)
             pumping = False
         if pumping:
             # From here on the bytes never enter this process.
-            self.pump = SplicePump(self.client, self.backend, self._moved_up, self._moved_down)
+            self.pump = SplicePump(
+                self.client, self.backend, self._pipes, self._moved_up, self._moved_down, self._progressed
+            )
         else:
             self.backend.registerProducer(self._client_valve, True)
             self.client.registerProducer(self._backend_valve, True)
@@ -199,6 +201,9 @@ class Relay:
 
     def _moved_down(self, count: int) -> None:
         self.down += count
+        self.last_activity = self.clock.seconds()
+
+    def _progressed(self) -> None:
         self.last_activity = self.clock.seconds()
 
     def from_client(self, data: bytes) -> None:
@@ -247,7 +252,9 @@ class Relay:
             self.close_reason = reason
             if self._idle_call is not None and self._idle_call.active():
                 self._idle_call.cancel()
-            self._idle_call = None
+            # Closing flushes what each side has buffered; a peer that never
+            # reads must not keep the pair open for ever.
+            self._idle_call = self.clock.callLater(self.idle_timeout, self.abort, reason)
             # A paused producer would keep loseConnection waiting for ever.
             for transport in (self.client, self.backend):
                 if transport.producer is not None:
@@ -255,6 +262,9 @@ class Relay:
                 transport.loseConnection()
         if self._client_lost and self._backend_lost and not self._reported:
             self._reported = True
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
             if self.pump is not None:
                 self.pump.close()
             self._closed(self)

@@ -15,7 +15,7 @@ from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sniproxy.accesslog import AccessLog
+from sniproxy.accesslog import AccessLog, cannot_open
 from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.admin import admin_site
 from sniproxy.apps import AppRegistry
@@ -143,6 +143,7 @@ class ProxyService(MultiService):
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
+        self._terminating = False
 
     # -- starting and stopping
 
@@ -171,9 +172,12 @@ class ProxyService(MultiService):
 
     @inlineCallbacks
     def stopService(self):
-        for number, previous in self._restore_signals:
-            signal.signal(number, previous)
-        self._restore_signals.clear()
+        if self._restore_signals:
+            # The process is on its way out: a reload or a log reopen now
+            # would be pointless, and SIGHUP's default action would kill it
+            # before live connections finish.  SIGTERM stays ours.
+            for number in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(number, signal.SIG_IGN)
         ports = list(self.ports.values())
         self.ports = {}
         if self.admin_port is not None:
@@ -185,7 +189,11 @@ class ProxyService(MultiService):
         yield super().stopService()
         # Last: routing may still need the threads while connections drain.
         self.resolver_threads.stop()
+        self.factory.pipes.close()
         self.access_log.close()
+        for number, previous in self._restore_signals:
+            signal.signal(number, previous)
+        self._restore_signals.clear()
 
     def _admin_site(self):
         from sniproxy.explain import explain
@@ -211,6 +219,10 @@ class ProxyService(MultiService):
         log.info("reopened the access log {path}", path=self.access_log.path)
 
     def _terminate(self) -> None:
+        if self._terminating:
+            log.info("SIGTERM again: already stopping")
+            return
+        self._terminating = True
         log.info(
             "SIGTERM: no longer accepting; waiting up to {timeout}s for {count} connections",
             timeout=self.config.proxy.shutdown_timeout,
@@ -232,6 +244,9 @@ class ProxyService(MultiService):
         path = self.config.path
         try:
             config = load_config(path)
+            problem = cannot_open(config.log.access)
+            if problem is not None:
+                raise ConfigError("log.access", problem)
             router = build_router(config, self.clock, self.dns, self.resolver_threads)
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:
@@ -243,8 +258,12 @@ class ProxyService(MultiService):
         old, self.config = self.config, config
         self.factory.reconfigure(config.proxy, router)
         self._close_old_ports(config, opened)
-        if config.dns != old.dns:
-            changed = [name for name in config.dns.__dataclass_fields__ if getattr(config.dns, name) != getattr(old.dns, name)]
+        changed = [
+            name
+            for name in config.dns.__dataclass_fields__
+            if name != "prefetch" and getattr(config.dns, name) != getattr(old.dns, name)
+        ]
+        if changed:
             log.warn("reload: [dns] {keys} take effect at the next restart", keys=", ".join(changed))
         self.access_log.path = config.log.access
         self.access_log.reopen()

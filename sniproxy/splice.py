@@ -8,10 +8,16 @@ everything else stays Twisted's: closing, half-closing and connection loss
 go through the transports' own code paths, so the protocols see the same
 events as with the plain relay.
 
+A direction holds a pipe only while bytes are in flight: it takes one from
+the L{PipePool} to read, and gives it back once the destination has taken
+everything (the usual case, within the same call).  So pipes (two file
+descriptors and up to L{PIPE_SIZE} of kernel memory each) are bounded by
+the directions with a slow reader, not by the connections.
+
 Flow control: a direction reads from its source only while its pipe is
 empty.  When the destination cannot take what the pipe holds, the source
-stops being read until the destination drains, so at most one pipe's worth
-(L{PIPE_SIZE}) is buffered per direction, in the kernel.
+stops being read until the destination drains it: at most one pipe's
+worth is buffered per direction, in the kernel.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from typing import Callable
 
 from twisted.internet import main
 
-__all__ = ["PIPE_SIZE", "SplicePump", "available"]
+__all__ = ["PIPE_SIZE", "PipePool", "SplicePump", "available"]
 
 PIPE_SIZE = 1 << 20
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 def available(*transports) -> bool:
@@ -36,20 +43,68 @@ def available(*transports) -> bool:
     return all(hasattr(t, "socket") and hasattr(t, "doRead") and hasattr(t, "doWrite") for t in transports)
 
 
+class _Pipe:
+    __slots__ = ("read", "write", "size")
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.write, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            # Past the user's pipe-user-pages-soft (or pipe-max-size) the
+            # kernel keeps the default size: smaller splices, same bytes.
+            pass
+        self.size = fcntl.fcntl(self.write, _F_GETPIPE_SZ)
+
+    def close(self) -> None:
+        os.close(self.read)
+        os.close(self.write)
+
+
+class PipePool:
+    """
+    Empty pipes kept for reuse, so a short connection costs no pipe
+    creation at all.
+
+    @param keep: how many idle pipes to keep open at most.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._idle: list[_Pipe] = []
+        self.created = 0
+
+    def take(self) -> _Pipe:
+        """An empty pipe.  @raise OSError: when none can be made (EMFILE)."""
+        if self._idle:
+            return self._idle.pop()
+        self.created += 1
+        return _Pipe()
+
+    def give(self, pipe: _Pipe, empty: bool = True) -> None:
+        """Return C{pipe}; one that may hold bytes is closed instead."""
+        if empty and len(self._idle) < self.keep:
+            self._idle.append(pipe)
+        else:
+            pipe.close()
+
+    def close(self) -> None:
+        """Close every idle pipe."""
+        idle, self._idle = self._idle, []
+        for pipe in idle:
+            pipe.close()
+
+
 class _Direction:
     """One direction: C{src}'s socket -> a pipe -> C{dst}'s socket."""
 
-    def __init__(self, src, dst, moved: Callable[[int], None]) -> None:
+    def __init__(self, src, dst, pool: PipePool, moved: Callable[[int], None], progressed: Callable[[], None]) -> None:
         self.src = src
         self.dst = dst
+        self.pool = pool
         self.moved = moved
-        self.src_fd = src.fileno()
-        self.dst_fd = dst.fileno()
-        self.rpipe, self.wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.wpipe, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # over /proc/sys/fs/pipe-max-size: the default 64 KiB works too
+        self.progressed = progressed
+        self.pipe: _Pipe | None = None
         self.pending = 0
         self.waiting = False  # src is not read until dst drains the pipe
         self.broken = False  # dst refused a write: report it from its doWrite
@@ -58,21 +113,33 @@ class _Direction:
 
     def readable(self):
         """The reactor's C{src.doRead}."""
+        if not self.dst.connected:
+            # The destination is gone (earlier in this reactor turn, say):
+            # its descriptor number may already be another connection's.
+            self.src.stopReading()
+            return None
         if self.pending:
-            # Twisted restarted reading (a resumeProducing, say) before the
-            # pipe drained: wait for the destination.
+            # Reading was restarted before the pipe drained: wait for the
+            # destination.
             self._wait()
             return None
+        pipe = self.pipe
+        if pipe is None:
+            try:
+                pipe = self.pipe = self.pool.take()
+            except OSError:
+                return main.CONNECTION_LOST
         try:
-            n = os.splice(self.src_fd, self.wpipe, PIPE_SIZE, flags=_FLAGS)
+            n = os.splice(self.src.fileno(), pipe.write, pipe.size, flags=_FLAGS)
         except BlockingIOError:
-            return None
+            n = -1
         except OSError:
             return main.CONNECTION_LOST
-        if not n:
+        if n <= 0:
+            self._release()
             # EOF with nothing left in the pipe: Twisted's own path, which
             # gives a half-closeable protocol its readConnectionLost.
-            return main.CONNECTION_DONE
+            return main.CONNECTION_DONE if n == 0 else None
         self.pending = n
         self.moved(n)
         self._flush()
@@ -93,18 +160,25 @@ class _Direction:
         return self._dst_do_write()
 
     def _flush(self) -> None:
+        if not self.dst.connected:
+            self._discard()
+            return
+        dst_fd = self.dst.fileno()
         while self.pending:
             try:
-                sent = os.splice(self.rpipe, self.dst_fd, self.pending, flags=_FLAGS)
+                sent = os.splice(self.pipe.read, dst_fd, self.pending, flags=_FLAGS)
             except BlockingIOError:
                 self._wait()
                 return
             except OSError:
+                self._discard()
                 self.broken = True
-                self.pending = 0
+                self.src.stopReading()
                 self.dst.startWriting()
                 return
             self.pending -= sent
+            self.progressed()
+        self._release()
         if self.waiting:
             self.waiting = False
             if self.src.connected and not self.src.disconnecting:
@@ -117,26 +191,47 @@ class _Direction:
             self.src.stopReading()
             self.dst.startWriting()
 
+    def _release(self) -> None:
+        if self.pipe is not None and not self.pending:
+            self.pool.give(self.pipe)
+            self.pipe = None
+
+    def _discard(self) -> None:
+        """Drop what the pipe holds (its destination is gone)."""
+        if self.pipe is not None:
+            self.pool.give(self.pipe, empty=False)
+            self.pipe = None
+        self.pending = 0
+
     def close(self) -> None:
-        for fd in (self.rpipe, self.wpipe):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.rpipe = self.wpipe = -1
+        if self.pending:
+            self._discard()
+        self._release()
 
 
 class SplicePump:
     """
     Pumps both directions between a client and a backend transport.
 
-    @param moved_up: called with each count of bytes moved client ->
+    @param moved_up: called with each count of bytes read client ->
         backend; C{moved_down} likewise.
+    @param progressed: called whenever bytes reach a destination (the idle
+        timer counts a slow reader draining a pipe as activity).
     """
 
-    def __init__(self, client, backend, moved_up: Callable[[int], None], moved_down: Callable[[int], None]) -> None:
-        self.up = _Direction(client, backend, moved_up)
-        self.down = _Direction(backend, client, moved_down)
+    def __init__(
+        self,
+        client,
+        backend,
+        pool: PipePool,
+        moved_up: Callable[[int], None],
+        moved_down: Callable[[int], None],
+        progressed: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.up = _Direction(client, backend, pool, moved_up, progressed)
+        self.down = _Direction(backend, client, pool, moved_down, progressed)
         client.doRead = self.up.readable
         backend.doWrite = self.up.writable
         backend.doRead = self.down.readable
@@ -157,6 +252,9 @@ class SplicePump:
         return ""
 
     def close(self) -> None:
-        """Release the pipes (once both connections are gone)."""
+        """Give the pipes back and the transports their own methods (both connections are gone)."""
         self.up.close()
         self.down.close()
+        for transport in (self.client, self.backend):
+            for name in ("doRead", "doWrite"):
+                transport.__dict__.pop(name, None)

@@ -94,3 +94,4 @@ class AppConfigTests(TestCase):
     def test_needs_backends(self):
         error = self.assertRaises(ConfigError, parse_config, tomllib.loads("[apps.web]\nbackends = []"))
         self.assertEqual(str(error), "apps.web.backends: needs at least one 'host' or 'host:port'")
+

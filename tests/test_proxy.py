@@ -529,3 +529,27 @@ class ProxyProtocolTests(TestCase):
         yield client.done
         [line] = rejections(events)
         self.assertIn("not TLS", line["reason"])
+
+
+class InternalErrorTests(TestCase):
+    @inlineCallbacks
+    def test_a_bug_in_our_callbacks_closes_the_connection(self):
+        """
+        An exception in the proxy's own code after routing (here, the relay
+        cannot start) is logged and the connection closed, not left hanging.
+        """
+        from sniproxy import relay
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+        self.patch(relay.Relay, "start", broken)
+        backend = yield listen(self, Factory.forProtocol(Protocol))
+        service, port = running_proxy(self, f'[routing.static]\n"a.example" = "127.0.0.1:{backend.getHost().port}"\n')
+        client = Collect()
+        protocol = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        protocol.transport.write(make_client_hello("a.example"))
+        yield client.done
+        yield service.factory.drain(5)
+        [error] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(error.value), "boom")

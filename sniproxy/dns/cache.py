@@ -142,7 +142,7 @@ class Counters:
     @ivar entries: entries held now.
     """
 
-    __slots__ = (
+    NAMES = (
         "hits",
         "misses",
         "stale",
@@ -151,8 +151,8 @@ class Counters:
         "evictions",
         "upstream_queries",
         "upstream_failures",
-        "_entries",
     )
+    __slots__ = (*NAMES, "_entries")
 
     def __init__(self, entries: OrderedDict[Key, _Entry]) -> None:
         self.hits = 0
@@ -170,7 +170,7 @@ class Counters:
         return len(self._entries)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in (*self.__slots__[:-1], "entries")}
+        return {name: getattr(self, name) for name in (*self.NAMES, "entries")}
 
     def __repr__(self) -> str:
         return "Counters({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
@@ -253,11 +253,12 @@ def normalise(name: str | bytes) -> str:
     return text[:-1] if text[-1:] == "." else text
 
 
-def _reason(failure: Failure) -> str:
-    # DNS errors carry a whole message; their class name says it all.
-    if isinstance(failure.value, (DomainError, defer.TimeoutError, defer.CancelledError)):
-        return failure.type.__name__
-    return f"{failure.type.__name__}: {failure.value}"
+def describe_error(error: BaseException) -> str:
+    """A DNS lookup's failure in a few words, for a log line or a reason."""
+    # DNS errors carry a whole message object; their class name says it all.
+    if isinstance(error, (DomainError, defer.TimeoutError, defer.CancelledError)) or not str(error):
+        return type(error).__name__
+    return f"{type(error).__name__}: {error}"
 
 
 class CachingResolver(common.ResolverBase):
@@ -539,7 +540,7 @@ class CachingResolver(common.ResolverBase):
                 "DNS lookup of {name} {type} failed: {reason}",
                 name=key[0],
                 type=dns.QUERY_TYPES.get(key[1], key[1]),
-                reason=_reason(failure),
+                reason=describe_error(failure.value),
             )
         if self._failure_backoff > 0:
             # The error without its traceback: the frames would be kept for
@@ -665,7 +666,7 @@ class CachingResolver(common.ResolverBase):
             "Prefetching {name} {type} failed: {reason}",
             name=name,
             type=dns.QUERY_TYPES.get(type, type),
-            reason=_reason(failure),
+            reason=describe_error(failure.value),
         )
 
     def when_idle(self) -> defer.Deferred[None]:

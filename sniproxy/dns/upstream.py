@@ -91,6 +91,10 @@ class _Network:
         self.connectors: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        # One port per query (a random source port); not worth two log
+        # lines each.  (The port's own "starting on"/"Closed" lines are
+        # unconditional in Twisted.)
+        protocol.noisy = False
         listening = self._reactor.listenUDP(port, protocol, interface, maxPacketSize)
         self.datagram.add(protocol)
         return listening

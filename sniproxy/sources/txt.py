@@ -36,15 +36,15 @@ import json
 import re
 from dataclasses import dataclass
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.names import dns
-from twisted.names.error import DomainError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sniproxy.apps import AppRegistry
 from sniproxy.config import TXTConfig
+from sniproxy.dns.cache import describe_error
 from sniproxy.interfaces import IResolver, Route, RouteRefused, RoutingError
 
 __all__ = ["TXTResolver", "parse_value"]
@@ -104,13 +104,6 @@ class _Decision:
     detail: str = ""
     error: str = ""
     refused: bool = False
-
-
-def _reason(error: BaseException) -> str:
-    # DNS errors carry a whole message; their class name says it all.
-    if isinstance(error, (DomainError, TimeoutError)) or not str(error):
-        return type(error).__name__
-    return f"{type(error).__name__}: {error}"
 
 
 def _trace(owner: str, answer) -> str:
@@ -191,7 +184,7 @@ class TXTResolver:
         except CancelledError:
             raise
         except Exception as error:
-            raise RoutingError(f"TXT {owner[:-1]} lookup failed: {_reason(error)}") from None
+            raise RoutingError(f"TXT {owner[:-1]} lookup failed: {describe_error(error)}") from None
         trace.append(_trace(owner, answer))
         return answer
 

@@ -111,6 +111,24 @@ def _listen(reactor, description: str, factory) -> Any:
     return port
 
 
+def _check_descriptor_limit(max_connections: int) -> None:
+    """Warn when the process would run out of descriptors before max_connections."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Two sockets per relayed connection, and some room for pipes in use,
+    # DNS sockets, the admin endpoint and the logs.
+    needed = 2 * max_connections + 256
+    if max_connections and soft != resource.RLIM_INFINITY and soft < needed:
+        log.warn(
+            "the file descriptor limit ({soft}) is below what proxy.max_connections = {max} needs "
+            "(about {needed}): connections will be refused before that limit; raise it (ulimit -n, LimitNOFILE)",
+            soft=soft,
+            max=max_connections,
+            needed=needed,
+        )
+
+
 class ProxyService(MultiService):
     """
     Listens on the configured endpoints and proxies what arrives.
@@ -161,6 +179,7 @@ class ProxyService(MultiService):
         self.resolver_threads.start()
         super().startService()
         if self.handle_signals:
+            _check_descriptor_limit(self.config.proxy.max_connections)
             # SIGHUP's default action kills the process: handle it from
             # the start, not once the reactor runs.
             self._handle_signal(signal.SIGHUP, self.reload)

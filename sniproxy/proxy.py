@@ -47,8 +47,7 @@ log = Logger()
 LINGER = 2.0
 
 
-def _peer(transport) -> str:
-    address = transport.getPeer()
+def _peer(address) -> str:
     port = getattr(address, "port", None)
     return str(address) if port is None else str(Address(address.host, port))
 
@@ -100,8 +99,9 @@ class ClientConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         transport.setTcpNoDelay(True)
-        self.client = _peer(transport)
-        if self.factory.trusts_proxy_header(transport.getPeer()):
+        peer = transport.getPeer()
+        self.client = _peer(peer)
+        if self.factory.trusts_proxy_header(peer):
             self.inbound = b""
         self.timer = self.clock.callLater(self.settings.hello_timeout, self._hello_timed_out)
         self.factory.opened(self)
@@ -234,7 +234,7 @@ class ClientConnection(Protocol):
         self.pending = None
         self.connected_at = self.clock.seconds()
         self.outcome = "relayed"
-        self.backend = _peer(backend.transport)
+        self.backend = _peer(backend.transport.getPeer())
         relay = Relay(
             self.transport,
             backend.transport,

@@ -196,39 +196,18 @@ def header_v1(source: Endpoint | None, destination: Endpoint | None) -> bytes:
     """
     if source is None or destination is None:
         return b"PROXY UNKNOWN\r\n"
-    shost, sport = source
-    dhost, dport = destination
-    sfamily, src = _text(shost)
-    dfamily, dst = _text(dhost)
-    if sfamily != dfamily:
-        # Mixed families: write both as IPv6 rather than lose the client.
-        if sfamily == AF_INET:
-            src = "::ffff:" + src
-        else:
-            dst = "::ffff:" + dst
-        sfamily = AF_INET6
-    line = "PROXY %s %s %s %d %d\r\n" % ("TCP4" if sfamily == AF_INET else "TCP6", src, dst, _port(sport), _port(dport))
+    family, src, dst, sport, dport = _addresses(source, destination)
+    # From the packed form, so both versions share one reading of the
+    # addresses (mapped and mixed families included) and the text is
+    # canonical.
+    line = "PROXY %s %s %s %d %d\r\n" % (
+        "TCP4" if family == AF_INET else "TCP6",
+        inet_ntop(family, src),
+        inet_ntop(family, dst),
+        sport,
+        dport,
+    )
     return line.encode("ascii")
-
-
-def _text(host: str) -> tuple[int, str]:
-    """
-    C{(family, canonical text)} for an IP literal, as L{_pack}.  The IPv4
-    text is the caller's own: inet_pton accepts only the canonical dotted
-    quad (no leading zeros), so checking it is enough.
-    """
-    try:
-        if ":" in host:
-            if "%" in host:
-                host = host.partition("%")[0]
-            packed = inet_pton(AF_INET6, host)
-            if packed[:12] == _MAPPED:
-                return AF_INET, inet_ntop(AF_INET, packed[12:])
-            return AF_INET6, inet_ntop(AF_INET6, packed)
-        inet_pton(AF_INET, host)
-        return AF_INET, host
-    except (OSError, TypeError):
-        raise ValueError("not an IP address: %r" % (host,)) from None
 
 
 def header_v2(

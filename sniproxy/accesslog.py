@@ -14,9 +14,36 @@ from typing import IO, Any
 
 from twisted.logger import Logger
 
-__all__ = ["AccessLog", "cannot_open"]
+from sniproxy.record import ConnectionRecord
+
+__all__ = ["AccessLog", "cannot_open", "entry"]
 
 log = Logger()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def entry(record: ConnectionRecord) -> dict[str, Any]:
+    """A connection's record as the access log's JSON object (one line)."""
+    return {
+        "time": round(record.started, 3),
+        "client": record.peer,
+        "sni": record.sni,
+        "alpn": list(record.alpn),
+        "ech": record.ech,
+        "source": record.source,
+        "cache": (record.cache or None) if record.source is not None else None,
+        "route_ms": _ms(record.route_seconds),
+        "backend": str(record.backend) if record.backend is not None else None,
+        "connect_ms": _ms(record.connect_seconds),
+        "bytes_up": record.bytes_up,
+        "bytes_down": record.bytes_down,
+        "duration_ms": _ms(record.duration),
+        "outcome": record.outcome.value,
+        "reason": record.reason,
+    }
 
 
 def cannot_open(path: str) -> str | None:
@@ -60,6 +87,11 @@ class AccessLog:
             self._own = True
         except OSError as error:
             log.error("cannot open the access log {path}: {error}", path=self.path, error=error.strerror)
+
+    def observe(self, record: ConnectionRecord) -> None:
+        """Write C{record}'s line (a record observer of L{sniproxy.proxy.ProxyFactory})."""
+        if self._file is not None:
+            self.write(entry(record))
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:

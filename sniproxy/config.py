@@ -100,6 +100,7 @@ class ProxyConfig:
     max_pending_per_name: int = 1000
     accept_proxy_from: tuple[str, ...] = ()
     splice: bool = True
+    max_lifetime: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +484,7 @@ def _proxy(table: _Table) -> ProxyConfig:
         max_pending_per_name=table.get("max_pending_per_name", default.max_pending_per_name, _integer(0)),
         accept_proxy_from=table.get("accept_proxy_from", (), _list(_via(_network))),
         splice=table.get("splice", True, _boolean),
+        max_lifetime=table.get("max_lifetime", default.max_lifetime, _number()),
     )
     table.done()
     if not config.listen:

@@ -13,20 +13,12 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sniproxy.record import ConnectionRecord, Outcome
+
 __all__ = ["OUTCOMES", "ProxyMetrics"]
 
-OUTCOMES = (
-    "relayed",
-    "no route",
-    "malformed",
-    "hello timeout",
-    "routing failed",
-    "backend unreachable",
-    "client closed",
-    "over limit",
-    "shutdown",
-    "internal error",
-)
+# Every outcome, so each label exists (at zero) from the first scrape.
+OUTCOMES = tuple(Outcome)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -74,7 +66,7 @@ class ProxyMetrics:
         )
         # Children bound once: a labels() lookup per connection costs more
         # than the increment.
-        self._outcomes = {outcome: self.connections.labels(outcome) for outcome in OUTCOMES}
+        self._outcomes = {outcome: self.connections.labels(outcome.value) for outcome in OUTCOMES}
         self.routed = Counter(
             "sniproxy_routed_connections",
             "Connections routed, by the source that answered and the DNS cache state",
@@ -105,28 +97,23 @@ class ProxyMetrics:
 
     def over_limit(self) -> None:
         """Count a connection refused at accept by a connection limit."""
-        self._outcomes["over limit"].inc()
+        self._outcomes[Outcome.OVER_LIMIT].inc()
 
-    def connection_closed(self, connection) -> None:
-        """Count a finished L{sniproxy.proxy.ClientConnection}."""
-        outcome = connection.outcome or "client closed"
-        counter = self._outcomes.get(outcome)
-        if counter is None:
-            counter = self._outcomes[outcome] = self.connections.labels(outcome)
-        counter.inc()
-        routed_at = connection.routed_at
-        if routed_at is not None and connection.hello_at is not None:
-            self.route_seconds.observe(routed_at - connection.hello_at)
-        route = connection.route
-        if route is not None:
-            key = (route.source, route.cache or "none")
+    def observe(self, record: ConnectionRecord) -> None:
+        """Count a closed connection (a record observer of L{sniproxy.proxy.ProxyFactory})."""
+        self._outcomes[record.outcome].inc()
+        if record.route_seconds is not None:
+            self.route_seconds.observe(record.route_seconds)
+        source = record.source
+        if source is not None:
+            key = (source, record.cache or "none")
             routed = self._routed.get(key)
             if routed is None:
                 routed = self._routed[key] = self.routed.labels(*key)
             routed.inc()
-        if connection.connected_at is not None:
-            self.setup_seconds.observe(connection.connected_at - connection.started)
-        relay = connection.relay
-        if relay is not None:
-            self._up.inc(relay.up)
-            self._down.inc(relay.down)
+        if record.setup_seconds is not None:
+            self.setup_seconds.observe(record.setup_seconds)
+        if record.bytes_up:
+            self._up.inc(record.bytes_up)
+        if record.bytes_down:
+            self._down.inc(record.bytes_down)

@@ -16,10 +16,12 @@ line naming the client, the SNI and the reason.
 from __future__ import annotations
 
 import ipaddress
+from typing import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,6 +34,7 @@ from sniproxy.connect import ConnectError, connect
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxyprotocol import ProxyHeader, ProxyHeaderError, parse_proxy_header
+from sniproxy.record import ConnectionRecord, Outcome
 from sniproxy.relay import BackendConnection, Relay
 from sniproxy.splice import PipePool
 from sniproxy.routing import Router
@@ -45,6 +48,9 @@ log = Logger()
 # Reading (and discarding) meanwhile keeps the kernel from answering the
 # client's unread bytes with a reset that could destroy the alert.
 LINGER = 2.0
+
+# How often the factory looks for connections past proxy.max_lifetime.
+LIFETIME_SWEEP = 1.0
 
 
 def _peer(address) -> str:
@@ -60,16 +66,21 @@ class ClientConnection(Protocol):
     @ivar hello: the parsed ClientHello, once complete.
     @ivar route: the route chosen, once decided.
     @ivar relay: the L{Relay}, once the backend is connected.
-    @ivar outcome: C{None} while undecided, then C{"relayed"} or the kind
-        of rejection (C{"no route"}, C{"malformed"}, C{"hello timeout"},
-        C{"routing failed"}, C{"backend unreachable"}, C{"client closed"}).
+    @ivar outcome: C{None} while undecided, then L{Outcome.RELAYED} or the
+        kind of rejection.
     @ivar reason: the detail behind a rejection, for the log line.
+    @ivar client: the client as log lines name it (C{host:port}, or
+        C{"host:port via balancer:port"} after a PROXY header).
+    @ivar client_ip: the client's IP address as text (the one a PROXY
+        header names, if any).
+    @ivar buffered: the bytes of the ClientHello, kept until they are
+        replayed to the backend.
     """
 
     hello: ClientHello | None = None
     route: Route | None = None
     relay: Relay | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None
     reason: str = ""
     address_key: str = ""
     # Bytes of an inbound PROXY header so far; None when none is expected.
@@ -92,7 +103,9 @@ class ClientConnection(Protocol):
         self.connected_at: float | None = None
         self.ended: float | None = None
         self.client = ""
-        self.backend = ""
+        self.client_ip = ""
+        self.backend: Address | None = None
+        self.buffered = b""
 
     # -- the client's events
 
@@ -101,6 +114,7 @@ class ClientConnection(Protocol):
         transport.setTcpNoDelay(True)
         peer = transport.getPeer()
         self.client = _peer(peer)
+        self.client_ip = getattr(peer, "host", "")
         if self.factory.trusts_proxy_header(peer):
             self.inbound = b""
         self.timer = self.clock.callLater(self.settings.hello_timeout, self._hello_timed_out)
@@ -123,7 +137,7 @@ class ClientConnection(Protocol):
         try:
             hello = parser.feed(data)
         except ClientHelloError as error:
-            self.reject("malformed", str(error), error.alert)
+            self.reject(Outcome.MALFORMED, str(error), error.alert)
             return
         if hello is not None:
             self._route(hello, parser.buffered)
@@ -140,7 +154,7 @@ class ClientConnection(Protocol):
             parsed = parse_proxy_header(buffered)
         except ProxyHeaderError as error:
             self.inbound = None
-            self.reject("malformed", f"bad PROXY header from a trusted peer: {error}", None)
+            self.reject(Outcome.MALFORMED, f"bad PROXY header from a trusted peer: {error}", None)
             return b""
         if parsed is None:
             self.inbound = buffered
@@ -149,6 +163,7 @@ class ClientConnection(Protocol):
         self.inbound = None
         if header.source is not None:
             self.proxied = header
+            self.client_ip = header.source[0]
             self.client = f"{Address(*header.source)} via {self.client}"
         return buffered[consumed:]
 
@@ -169,7 +184,7 @@ class ClientConnection(Protocol):
             self.relay.client_lost(reason)
             return
         if self.outcome is None:
-            self.outcome = "client closed"
+            self.outcome = Outcome.CLIENT_CLOSED
             if self.hello is None:
                 self.reason = "before the ClientHello was complete"
             else:
@@ -190,7 +205,7 @@ class ClientConnection(Protocol):
         self.buffered = buffered
         self.transport.pauseProducing()
         d = self.pending = self.router.route(hello.server_name)
-        d.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, "routing failed"))
+        d.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, Outcome.ROUTING_FAILED))
         d.addErrback(self._crashed)
 
     def _routed(self, route: Route | None) -> None:
@@ -198,7 +213,7 @@ class ClientConnection(Protocol):
         self.routed_at = self.clock.seconds()
         if route is None:
             detail = "the client sent no server name" if self.hello.server_name is None else ""
-            self.reject("no route", detail, alerts.UNRECOGNIZED_NAME)
+            self.reject(Outcome.NO_ROUTE, detail, alerts.UNRECOGNIZED_NAME)
             return
         self.route = route
         settings = self.settings
@@ -210,31 +225,35 @@ class ClientConnection(Protocol):
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
         )
-        d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, "backend unreachable"))
+        d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, Outcome.BACKEND_UNREACHABLE))
         d.addErrback(self._crashed)
 
     def _crashed(self, failure: Failure) -> None:
         """A bug in our own callbacks: log it, and do not leave the connection hanging."""
         log.failure("connection from {client} sni={sni}: internal error", failure, client=self.client, sni=self.hello.server_name)
-        self.outcome = self.outcome or "internal error"
-        self.abort("internal error")
+        self.outcome = self.outcome or Outcome.INTERNAL_ERROR
+        self.abort(Outcome.INTERNAL_ERROR)
 
-    def _failed(self, failure: Failure, expected: type[Exception], outcome: str) -> None:
+    def _failed(self, failure: Failure, expected: type[Exception], outcome: Outcome) -> None:
         """Routing or connecting failed: refuse with C{internal_error}."""
         self.pending = None
-        if outcome == "routing failed":
+        if self.routed_at is None:
+            # Routing itself failed: the decision (a failure) is now.
             self.routed_at = self.clock.seconds()
         if failure.check(CancelledError):
             return  # the client went away first
         if not failure.check(expected):
-            log.failure("{outcome} for sni={sni}: unexpected error", failure, outcome=outcome, sni=self.hello.server_name)
+            log.failure(
+                "{outcome} for sni={sni}: unexpected error", failure, outcome=outcome.value, sni=self.hello.server_name
+            )
         self.reject(outcome, str(failure.value), alerts.INTERNAL_ERROR)
 
     def _connected(self, backend: BackendConnection) -> None:
         self.pending = None
         self.connected_at = self.clock.seconds()
-        self.outcome = "relayed"
-        self.backend = _peer(backend.transport.getPeer())
+        self.outcome = Outcome.RELAYED
+        peer = backend.transport.getPeer()
+        self.backend = Address(peer.host, peer.port)
         relay = Relay(
             self.transport,
             backend.transport,
@@ -270,7 +289,7 @@ class ClientConnection(Protocol):
             log.warn(
                 "backend {backend} reset the connection for {client} sni={sni} "
                 "after {up} bytes up, {down} bytes down",
-                backend=self.backend,
+                backend=str(self.backend),
                 client=self.client,
                 sni=self.hello.server_name or "-",
                 up=relay.up,
@@ -285,7 +304,7 @@ class ClientConnection(Protocol):
                 "after {up} bytes up, {down} bytes down",
                 client=self.client,
                 sni=self.hello.server_name or "-",
-                backend=self.backend,
+                backend=str(self.backend),
                 why=why,
                 timeout=self.settings.idle_timeout,
                 up=relay.up,
@@ -296,46 +315,50 @@ class ClientConnection(Protocol):
 
     # -- endings
 
-    def access_record(self) -> dict:
-        """This connection as one access-log record (DESIGN.md section 4)."""
+    def record(self, ended: float) -> ConnectionRecord:
+        """This connection, closed at C{ended}, as the one L{ConnectionRecord} its observers read."""
         hello, route, relay = self.hello, self.route, self.relay
-        ended = self.ended if self.ended is not None else self.clock.seconds()
+        hello_at, routed_at, connected_at = self.hello_at, self.routed_at, self.connected_at
+        return ConnectionRecord(
+            client=self.client_ip,
+            peer=self.client,
+            sni=hello.server_name if hello is not None else None,
+            alpn=tuple(p.decode("latin-1") for p in hello.alpn) if hello is not None else (),
+            ech=hello.ech if hello is not None else False,
+            outcome=self.outcome or Outcome.CLIENT_CLOSED,
+            reason=self.reason,
+            source=route.source if route is not None else None,
+            app=route.app if route is not None else None,
+            backend=self.backend,
+            cache=route.cache if route is not None else "",
+            bytes_up=relay.up if relay is not None else 0,
+            bytes_down=relay.down if relay is not None else 0,
+            started=self.started,
+            duration=ended - self.started,
+            route_seconds=None if hello_at is None or routed_at is None else routed_at - hello_at,
+            connect_seconds=None if routed_at is None or connected_at is None else connected_at - routed_at,
+            setup_seconds=None if connected_at is None else connected_at - self.started,
+        )
 
-        def ms(start: float | None, end: float | None) -> float | None:
-            return None if start is None or end is None else round((end - start) * 1000, 3)
+    def abort(self, outcome: Outcome) -> None:
+        """
+        Close this connection now, whatever state it is in.
 
-        return {
-            "time": round(self.started, 3),
-            "client": self.client,
-            "sni": hello.server_name if hello is not None else None,
-            "alpn": [p.decode("latin-1") for p in hello.alpn] if hello is not None else [],
-            "ech": hello.ech if hello is not None else False,
-            "source": route.source if route is not None else None,
-            "cache": (route.cache or None) if route is not None else None,
-            "route_ms": ms(self.hello_at, self.routed_at),
-            "backend": self.backend or None,
-            "connect_ms": ms(self.routed_at, self.connected_at),
-            "bytes_up": relay.up if relay is not None else 0,
-            "bytes_down": relay.down if relay is not None else 0,
-            "duration_ms": ms(self.started, ended),
-            "outcome": self.outcome,
-            "reason": self.reason,
-        }
-
-    def abort(self, reason: str) -> None:
-        """Close this connection now, whatever state it is in."""
+        @param outcome: the outcome if none is decided yet (and the relay's
+            close reason if it is relaying).
+        """
         if self.relay is not None:
-            self.relay.abort(reason)
+            self.relay.abort(outcome.value)
             return
         if self.outcome is None:
-            self.outcome = reason
+            self.outcome = outcome
         self.transport.abortConnection()
 
     def _hello_timed_out(self) -> None:
         self.timer = None
-        self.reject("hello timeout", f"no complete ClientHello within {self.settings.hello_timeout:g}s", None)
+        self.reject(Outcome.HELLO_TIMEOUT, f"no complete ClientHello within {self.settings.hello_timeout:g}s", None)
 
-    def reject(self, outcome: str, detail: str, alert: int | None) -> None:
+    def reject(self, outcome: Outcome, detail: str, alert: int | None) -> None:
         """
         Refuse this connection: log one line, write the TLS alert (if any)
         in the client's record version, half-close, and drop the connection
@@ -347,13 +370,13 @@ class ClientConnection(Protocol):
         if not self.transport.connected:
             return  # the client left while we decided
         self.outcome = outcome
-        self.reason = f"{outcome}: {detail}" if detail else outcome
+        self.reason = f"{outcome.value}: {detail}" if detail else outcome.value
         hello = self.hello
         log.info(
             "rejected {client} sni={sni}: {reason}",
             client=self.client,
             sni=(hello.server_name or "-") if hello is not None else "-",
-            outcome=outcome,
+            outcome=outcome.value,
             reason=self.reason,
         )
         parser, self.parser = self.parser, None
@@ -374,6 +397,11 @@ class ProxyFactory(Factory):
     current settings and router, which L{reconfigure} swaps as one.
 
     @ivar connections: the connections alive now.
+    @ivar record_observers: callables each given the L{ConnectionRecord}
+        of every connection as it closes, in order.  (C{access_log} and
+        C{metrics}, when given, are the first.)
+    @ivar metrics: the L{ProxyMetrics} told about connections refused at
+        accept (which have no record), or C{None}.
     """
 
     noisy = False
@@ -382,8 +410,8 @@ class ProxyFactory(Factory):
         self,
         settings: ProxyConfig,
         router: Router,
-        reactor=None,
-        clock=None,
+        reactor: IReactorTCP | None = None,
+        clock: IReactorTime | None = None,
         access_log: AccessLog | None = None,
         metrics: ProxyMetrics | None = None,
     ) -> None:
@@ -391,10 +419,15 @@ class ProxyFactory(Factory):
             from twisted.internet import reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        self.access_log = access_log
         self.metrics = metrics
-        self.reconfigure(settings, router)
+        self.record_observers: list[Callable[[ConnectionRecord], object]] = []
+        if access_log is not None:
+            self.record_observers.append(access_log.observe)
+        if metrics is not None:
+            self.record_observers.append(metrics.observe)
+        self._sweeper: LoopingCall | None = None
         self.connections: set[ClientConnection] = set()
+        self.reconfigure(settings, router)
         self._per_client: dict[str, int] = {}
         self._last_limit_log = float("-inf")
         self._limit_suppressed = 0
@@ -407,6 +440,11 @@ class ProxyFactory(Factory):
         self.settings = settings
         self.router = router
         self._trusted = tuple(ipaddress.ip_network(network) for network in settings.accept_proxy_from)
+        if settings.max_lifetime:
+            if self.connections:
+                self._start_sweeping()
+        else:
+            self._stop_sweeping()
 
     def trusts_proxy_header(self, peer) -> bool:
         """Whether C{peer} is a load balancer allowed (and expected) to send a PROXY header."""
@@ -469,9 +507,15 @@ class ProxyFactory(Factory):
 
     def opened(self, connection: ClientConnection) -> None:
         self.connections.add(connection)
+        if self._sweeper is None and self.settings.max_lifetime:
+            self._start_sweeping()
 
     def closed(self, connection: ClientConnection) -> None:
-        connection.ended = self.clock.seconds()
+        """
+        C{connection} has closed: forget it, and give its one
+        L{ConnectionRecord} to each of L{record_observers}.
+        """
+        ended = connection.ended = self.clock.seconds()
         self.connections.discard(connection)
         key = connection.address_key
         left = self._per_client.get(key, 1) - 1
@@ -479,14 +523,46 @@ class ProxyFactory(Factory):
             self._per_client[key] = left
         else:
             self._per_client.pop(key, None)
-        if self.metrics is not None:
-            self.metrics.connection_closed(connection)
-        if self.access_log:
-            self.access_log.write(connection.access_record())
-        if not self.connections and self._drained:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
+        observers = self.record_observers
+        if observers:
+            record = connection.record(ended)
+            for observer in observers:
+                observer(record)
+        if not self.connections:
+            self._stop_sweeping()
+            if self._drained:
+                drained, self._drained = self._drained, []
+                for d in drained:
+                    d.callback(None)
+
+    # -- proxy.max_lifetime
+
+    def _start_sweeping(self) -> None:
+        """Run the one coarse timer that closes relays past C{proxy.max_lifetime}."""
+        if self._sweeper is None:
+            sweeper = self._sweeper = LoopingCall(self._sweep)
+            sweeper.clock = self.clock
+            sweeper.start(LIFETIME_SWEEP, now=False)
+
+    def _stop_sweeping(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
+
+    def _sweep(self) -> None:
+        """
+        Close every relayed connection accepted more than the current
+        C{proxy.max_lifetime} ago (a reload's new value applies to the
+        connections already open too: that is the point of the cap).
+        """
+        max_lifetime = self.settings.max_lifetime
+        if not max_lifetime:
+            return
+        born_before = self.clock.seconds() - max_lifetime
+        for connection in list(self.connections):
+            relay = connection.relay
+            if relay is not None and connection.started <= born_before and relay.close_reason is None:
+                relay.close("max lifetime")
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
@@ -512,4 +588,4 @@ class ProxyFactory(Factory):
         if self.connections:
             log.info("closing {count} connections still open at shutdown", count=len(self.connections))
         for connection in list(self.connections):
-            connection.abort("shutdown")
+            connection.abort(Outcome.SHUTDOWN)

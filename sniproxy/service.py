@@ -158,6 +158,7 @@ class ProxyService(MultiService):
         )
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
         self.factory.metrics = self.metrics
+        self.factory.record_observers.append(self.metrics.observe)
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from sniproxy.accesslog import entry
 from sniproxy.config import parse_config
 from sniproxy.interfaces import Route
 from sniproxy.routing import Router
@@ -106,13 +107,7 @@ def proxy(testcase, toml: str = "", clock: Clock | None = None):
     data.setdefault("log", {}).setdefault("access", "")
     service, port = running_proxy(testcase, config=parse_config(data), clock=clock)
     service.records = []
-    closed = service.factory.closed
-
-    def keep(connection):
-        service.records.append(connection.access_record())
-        closed(connection)
-
-    service.factory.closed = keep
+    service.factory.record_observers.append(lambda record: service.records.append(entry(record)))
     if clock is not None:
         # Shutdown drains on the proxy's clock: a test that fails with
         # connections open must not leave the drain waiting for ever.

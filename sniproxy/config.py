@@ -32,6 +32,7 @@ __all__ = [
     "SubdomainConfig",
     "SystemConfig",
     "TXTConfig",
+    "check_endpoint",
     "load_config",
     "parse_address",
     "parse_config",
@@ -413,15 +414,21 @@ def _via(parse: Callable[[str], Any]):
     return check
 
 
-def _endpoint(key: str, value: Any) -> str:
+def check_endpoint(key: str, value: Any, reactor: Any = None) -> str:
+    """
+    Check a server endpoint string by parsing it as a start would.
+
+    @param reactor: the reactor the endpoint would listen with, or C{None}
+        (parsing never uses it).
+    @raise ConfigError: naming C{key} when it does not parse.
+    """
     from twisted.internet import endpoints
 
     value = _string(key, value)
     try:
-        # Parsing builds the endpoint object (with no reactor: it is never
-        # used) without binding anything, so this checks the plugin name
-        # and its arguments only.
-        endpoints.serverFromString(None, value)
+        # Parsing builds the endpoint object without binding anything, so
+        # this checks the plugin name and its arguments only.
+        endpoints.serverFromString(reactor, value)
     except IndexError:
         if value.startswith("systemd:"):
             raise ConfigError(key, f"bad endpoint {value!r}: systemd passed no socket at that index") from None
@@ -429,6 +436,9 @@ def _endpoint(key: str, value: Any) -> str:
     except Exception as error:
         raise ConfigError(key, f"bad endpoint {value!r}: {error}") from None
     return value
+
+
+_endpoint = check_endpoint
 
 
 def _network(text: str) -> str:

@@ -195,12 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
 
     async def run(reactor) -> None:
-        from sniproxy.dns.cache import CachingResolver
-        from sniproxy.service import build_router
-        from sniproxy.sources.system import ResolverThreads
+        from sniproxy.assembly import build_dns, build_resolver_threads, build_router
 
-        resolver = CachingResolver.from_config(config.dns, reactor)
-        threads = ResolverThreads(reactor, config.routing.system.threads)
+        resolver = build_dns(config, reactor)
+        threads = build_resolver_threads(config, reactor)
         threads.start()
         try:
             result = await explain(

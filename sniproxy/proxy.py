@@ -564,6 +564,11 @@ class ProxyFactory(Factory):
             if relay is not None and connection.started <= born_before and relay.close_reason is None:
                 relay.close("max lifetime")
 
+    def stop(self) -> None:
+        """The service is stopping: no timer of ours is left running, no pipe open."""
+        self._stop_sweeping()
+        self.pipes.close()
+
     def drain(self, timeout: float) -> Deferred[None]:
         """
         Wait for the live connections to end.  Those still open after

@@ -12,85 +12,23 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sniproxy.accesslog import AccessLog, cannot_open
-from sniproxy.addresses import AddressResolver, is_ip_literal
+from sniproxy.accesslog import AccessLog
 from sniproxy.admin import admin_site
-from sniproxy.apps import AppRegistry
-from sniproxy.config import Config, ConfigError, load_config
-from sniproxy.dns.cache import CachingResolver
+from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
+from sniproxy.config import Config, ConfigError
 from sniproxy.dns.service import DNSService
-from sniproxy.interfaces import Address, Route
+from sniproxy.explain import explain
+from sniproxy.interfaces import Address
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxy import ProxyFactory
-from sniproxy.routing import Router
-from sniproxy.sources import make_source
-from sniproxy.sources.chain import FallbackChain
-from sniproxy.sources.system import ResolverThreads
 
-__all__ = ["ProxyService", "StartError", "build_router", "warm_names"]
+__all__ = ["ProxyService", "StartError"]
 
 log = Logger()
-
-
-def build_router(
-    config: Config, clock, dns: CachingResolver | None = None, resolver_threads: ResolverThreads | None = None
-) -> Router:
-    """
-    Make the L{Router} the config describes: its sources in order, its
-    fallback and its limits.
-
-    @param resolver_threads: the process's threads for getaddrinfo (the
-        C{system} source needs them).
-    """
-    addresses = AddressResolver(dns)
-    apps = AppRegistry(config.apps, addresses)
-    sources = [
-        make_source(
-            name, config, clock=clock, dns=dns, apps=apps, addresses=addresses, resolver_threads=resolver_threads
-        )
-        for name in config.routing.sources
-    ]
-    proxy = config.proxy
-    fallback = None
-    if proxy.fallback is not None:
-        fallback = Route(
-            backends=(proxy.fallback,),
-            source="fallback",
-            proxy_protocol=proxy.fallback_proxy_protocol,
-            detail=str(proxy.fallback),
-        )
-    return Router(
-        FallbackChain(sources),
-        clock,
-        timeout=proxy.routing_timeout,
-        fallback=fallback,
-        max_pending_per_name=proxy.max_pending_per_name,
-    )
-
-
-def warm_names(config: Config) -> tuple[str, ...]:
-    """The names to resolve at start-up: C{dns.prefetch} and every backend host name."""
-    names = dict.fromkeys(config.dns.prefetch)
-    for target in config.routing.static.values():
-        if target.address is not None and not is_ip_literal(target.address.host):
-            names[target.address.host] = None
-    for app in config.apps.values():
-        for backend in app.backends:
-            if not is_ip_literal(backend.host):
-                names[backend.host] = None
-    if config.proxy.fallback is not None and not is_ip_literal(config.proxy.fallback.host):
-        names[config.proxy.fallback.host] = None
-    return tuple(names)
-
-
-class StartError(Exception):
-    """
-    The service cannot start (a port is taken, say).  C{str(error)} is one
-    line for the operator; L{sniproxy.tap} prints it without a traceback.
-    """
 
 
 def _listen(reactor, description: str, factory) -> Any:
@@ -136,29 +74,41 @@ class ProxyService(MultiService):
     @ivar factory: the L{ProxyFactory} shared by every listening port.
     @ivar ports: the proxy's listening ports by endpoint string.
     @ivar dns: the process's one caching DNS resolver.
+    @ivar config_path: the config file this service loads and reloads.
+    @ivar loaded_at: clock seconds of the last successful load or reload.
+    @ivar last_reload_error: the one-line error of the last reload, or
+        C{None} when it succeeded (or none was tried).
     """
 
-    def __init__(self, config: Config, reactor=None, clock=None, handle_signals: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: IReactorTCP | None = None,
+        clock: IReactorTime | None = None,
+        handle_signals: bool = False,
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.config = config
+        self.config_path = config.path
+        self.loaded_at = self.clock.seconds()
+        self.last_reload_error: str | None = None
         self.handle_signals = handle_signals
-        self.dns = CachingResolver.from_config(config.dns, reactor, self.clock)
+        self.dns = build_dns(config, reactor, self.clock)
         # For the life of the process, like the DNS cache: a reload builds
         # new sources over the same threads (routing.system.threads takes
         # effect at the next start).
-        self.resolver_threads = ResolverThreads(reactor, config.routing.system.threads)
-        DNSService(self.dns, warm_names(config)).setServiceParent(self)
+        self.resolver_threads = build_resolver_threads(config, reactor)
+        parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
+        DNSService(self.dns, parts.warm_names).setServiceParent(self)
         self.access_log = AccessLog(config.log.access)
-        self.factory = ProxyFactory(
-            config.proxy, build_router(config, self.clock, self.dns, self.resolver_threads), reactor, self.clock, self.access_log
-        )
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
-        self.factory.metrics = self.metrics
-        self.factory.record_observers.append(self.metrics.observe)
+        self.factory = ProxyFactory(
+            config.proxy, parts.router, reactor, self.clock, access_log=self.access_log, metrics=self.metrics
+        )
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
@@ -209,15 +159,13 @@ class ProxyService(MultiService):
         yield super().stopService()
         # Last: routing may still need the threads while connections drain.
         self.resolver_threads.stop()
-        self.factory.pipes.close()
+        self.factory.stop()
         self.access_log.close()
         for number, previous in self._restore_signals:
             signal.signal(number, previous)
         self._restore_signals.clear()
 
     def _admin_site(self):
-        from sniproxy.explain import explain
-
         # Explain with the running config and the live cache, through a
         # router of its own so the recording never touches live routing.
         return admin_site(
@@ -261,22 +209,23 @@ class ProxyService(MultiService):
 
         @return: whether the new config took effect.
         """
-        path = self.config.path
+        path = self.config_path
         try:
-            config = load_config(path)
-            problem = cannot_open(config.log.access)
-            if problem is not None:
-                raise ConfigError("log.access", problem)
-            router = build_router(config, self.clock, self.dns, self.resolver_threads)
+            config = validate(path, self.reactor)
+            parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:
+            self.last_reload_error = str(error)
             log.error("reload of {path} failed, keeping the running config: {error}", path=path, error=str(error))
             return False
-        except Exception:
+        except Exception as error:
+            self.last_reload_error = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
             log.failure("reload of {path} failed, keeping the running config", path=path)
             return False
         old, self.config = self.config, config
-        self.factory.reconfigure(config.proxy, router)
+        self.loaded_at = self.clock.seconds()
+        self.last_reload_error = None
+        self.factory.reconfigure(config.proxy, parts.router)
         self._close_old_ports(config, opened)
         changed = [
             name
@@ -287,7 +236,7 @@ class ProxyService(MultiService):
             log.warn("reload: [dns] {keys} take effect at the next restart", keys=", ".join(changed))
         self.access_log.path = config.log.access
         self.access_log.reopen()
-        self.dns.prefetch(warm_names(config))
+        self.dns.prefetch(parts.warm_names)
         log.info("reloaded {path}", path=path)
         return True
 

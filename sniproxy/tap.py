@@ -8,8 +8,9 @@ import sys
 
 from twisted.python import usage
 
-from sniproxy.config import ConfigError, load_config
-from sniproxy.service import ProxyService, StartError
+from sniproxy.assembly import StartError, validate
+from sniproxy.config import ConfigError
+from sniproxy.service import ProxyService
 
 __all__ = ["Options", "makeService"]
 
@@ -31,9 +32,12 @@ class Options(usage.Options):
         # Validate the whole config here, so a bad file stops the start with
         # one line naming the key rather than a traceback.
         try:
-            self.loaded = load_config(self["config"])
+            # No reactor yet: twistd installs the one asked for after this.
+            self.loaded = validate(self["config"])
         except ConfigError as error:
             raise usage.UsageError(f"config: {error}") from None
+        except StartError as error:
+            raise usage.UsageError(str(error)) from None
 
 
 def makeService(options: Options) -> ProxyService:

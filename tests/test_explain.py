@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from sniproxy.config import parse_config
 from sniproxy.dns.cache import CachingResolver
 from sniproxy.explain import explain, render
-from sniproxy.service import build_router
+from sniproxy.assembly import build_router
 from sniproxy.testing.dns import DNSServer
 from sniproxy.testing.process import child_environment
 

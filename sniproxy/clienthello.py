@@ -23,12 +23,12 @@ path is O(n): the parse is a generator that resumes where it stopped.
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from typing import Generator
 
 from sniproxy.alerts import DECODE_ERROR, ILLEGAL_PARAMETER, UNRECOGNIZED_NAME
+from sniproxy.hostnames import host_name_problem, match_host_name, show
 
 __all__ = [
     "ClientHello",
@@ -118,17 +118,6 @@ class InvalidServerName(ClientHelloError):
 
 # ---------------------------------------------------------------- names
 
-# A label: letters, digits, hyphens and underscores, 1-63 long, no hyphen at
-# either end.  The underscore is not a host name character (RFC 952/1123)
-# and RFC 6066 says SNI carries host names, but real clients send it for
-# real hosts (service-style names, some CDN and intranet names) and
-# OpenSSL, Go and the backends accept it; refusing it would break those
-# clients for nothing.  It matches config.validate_hostname.
-_LABEL = rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOSTNAME = re.compile(rb"(?:%s\.)*%s\Z" % (_LABEL, _LABEL))
-_LABEL_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
 def normalise_server_name(raw: bytes) -> str:
     """
     Normalise an SNI host name: lower case, one trailing dot stripped, then
@@ -142,39 +131,9 @@ def normalise_server_name(raw: bytes) -> str:
     name = raw.lower()  # bytes.lower() touches ASCII letters only
     if name[-1:] == b".":
         name = name[:-1]
-    # The length test comes first so the regex never sees a long input.
-    if len(name) <= 253 and _HOSTNAME.match(name):
+    if match_host_name(name):
         return name.decode("ascii")
-    raise InvalidServerName("invalid server name %s: %s" % (_show(raw), _name_problem(name)), raw)
-
-
-def _name_problem(name: bytes) -> str:
-    """Why a lower-cased, dot-stripped name failed the host name rule."""
-    if not name:
-        return "empty"
-    if len(name) > 253:
-        return "longer than 253 characters"
-    if b"\x00" in name:
-        return "contains NUL"
-    if not name.isascii():
-        return "not ASCII"
-    for label in name.split(b"."):
-        if not label:
-            return "empty label"
-        if len(label) > 63:
-            return "label longer than 63 characters"
-        if label[:1] == b"-" or label[-1:] == b"-":
-            return "label %s starts or ends with a hyphen" % (_show(label),)
-        if not _LABEL_CHARS.issuperset(label):
-            return "label %s has a character outside [a-z0-9-_]" % (_show(label),)
-    return "invalid"  # pragma: no cover - the regex and these rules agree
-
-
-def _show(raw: bytes, limit: int = 80) -> str:
-    """A client-supplied value, escaped and bounded, for a log line."""
-    if len(raw) > limit:
-        return repr(raw[:limit]) + "..."
-    return repr(raw)
+    raise InvalidServerName(f"invalid server name {show(raw)}: {host_name_problem(name)}", raw)
 
 
 # ---------------------------------------------------------------- the hello

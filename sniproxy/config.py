@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from sniproxy.hostnames import host_name_problem
 from sniproxy.interfaces import Address
 
 __all__ = [
@@ -196,9 +197,10 @@ def _describe(value: object) -> str:
 def validate_hostname(name: str) -> str:
     """
     Normalise a DNS host name (lower case, one trailing dot stripped) and
-    check it: labels of 1-63 letters, digits and hyphens, not starting or
-    ending with a hyphen (underscores allowed, for C{_dstack-app-address}
-    style owner names), 253 characters at most.
+    check it by the one host-name rule, L{sniproxy.hostnames.host_name_problem}
+    (the one SNI is checked by): labels of 1-63 letters, digits, hyphens and
+    underscores, not starting or ending with a hyphen, 253 characters at
+    most.
 
     @raise ValueError: with the reason, when the name is not valid.
     """
@@ -210,19 +212,9 @@ def validate_hostname(name: str) -> str:
     if name.endswith("."):
         name = name[:-1]
     name = name.lower()
-    if not name:
-        raise ValueError("empty name")
-    if len(name) > 253:
-        raise ValueError("longer than 253 characters")
-    for label in name.split("."):
-        if not label:
-            raise ValueError("empty label")
-        if len(label) > 63:
-            raise ValueError(f"label {label[:20]!r}... longer than 63 characters")
-        if label[0] == "-" or label[-1] == "-":
-            raise ValueError(f"label {label!r} starts or ends with a hyphen")
-        if not all(c.isascii() and (c.isalnum() or c in "-_") for c in label):
-            raise ValueError(f"label {label!r} has a character outside [a-z0-9-_]")
+    problem = host_name_problem(name.encode("ascii"))
+    if problem is not None:
+        raise ValueError(problem)
     return name
 
 

@@ -178,7 +178,7 @@ class ConfigErrorTests(SynchronousTestCase):
     def test_target_bad_host(self):
         self.assertRefused(
             '[routing.static]\n"a.example" = "bad host:80"',
-            "routing.static.\"a.example\": label 'bad host' has a character outside [a-z0-9-_]",
+            "routing.static.\"a.example\": label \"bad host\" has a character outside [a-z0-9-_]",
         )
 
     def test_target_unregistered_app(self):

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from sniproxy.apps import AppRegistry
 from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.config import StaticTarget
+from sniproxy.hostnames import PatternSet
 from sniproxy.interfaces import IResolver, Route
 
 __all__ = ["StaticResolver"]
@@ -48,19 +49,7 @@ class StaticResolver:
             if target.address is not None and is_ip_literal(target.address.host)
         }
 
-    def match(self, server_name: str) -> str | None:
-        """The pattern that C{server_name} matches, most specific first."""
-        if server_name in self.targets:
-            return server_name
-        rest = server_name
-        while True:
-            dot = rest.find(".")
-            if dot < 0:
-                return None
-            rest = rest[dot + 1 :]
-            pattern = "*." + rest
-            if pattern in self.targets:
-                return pattern
+        self.match = PatternSet(routes).match
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
         pattern = self.match(server_name)

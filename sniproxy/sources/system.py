@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
@@ -42,6 +42,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from sniproxy.config import SystemConfig
+from sniproxy.hostnames import PatternSet
 from sniproxy.interfaces import Address, IResolver, Route, RouteRefused, RoutingError
 
 __all__ = ["ResolverThreads", "SystemResolver", "refusal"]
@@ -123,24 +124,6 @@ class _Flight:
         self.abandoned = False
 
 
-def _matcher(patterns: Iterable[str]) -> Callable[[str], str | None]:
-    exact = frozenset(p for p in patterns if not p.startswith("*."))
-    suffixes = frozenset(p[2:] for p in patterns if p.startswith("*."))
-
-    def match(name: str) -> str | None:
-        """The pattern C{name} matches: exact first, then the longest wildcard."""
-        if name in exact:
-            return name
-        rest = name.partition(".")[2]
-        while rest:
-            if rest in suffixes:
-                return "*." + rest
-            rest = rest.partition(".")[2]
-        return None
-
-    return match
-
-
 @implementer(IResolver)
 class SystemResolver:
     """Routes allowed names to their own addresses, from getaddrinfo."""
@@ -165,7 +148,7 @@ class SystemResolver:
         self.threads = threads
         self.clock = clock
         self.getaddrinfo = socket.getaddrinfo if getaddrinfo is None else getaddrinfo
-        self.match = _matcher(config.allow)
+        self.match = PatternSet(config.allow).match
         self._flights: dict[str, _Flight] = {}
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:

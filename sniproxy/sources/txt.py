@@ -32,7 +32,6 @@ answer's for a legacy route); L{Route.trace} has one entry per lookup made.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ from zope.interface import implementer
 from sniproxy.apps import AppRegistry
 from sniproxy.config import TXTConfig
 from sniproxy.dns.cache import describe_error
+from sniproxy.hostnames import show
 from sniproxy.interfaces import IResolver, Route, RouteRefused, RoutingError
 
 __all__ = ["TXTResolver", "parse_value"]
@@ -83,16 +83,10 @@ def parse_value(value: bytes) -> tuple[str, int]:
         raise BadValue("no ':' before a port")
     app_id = app_id.lower()
     if not _APP_ID.match(app_id):
-        raise NotAnAppId(f"{_show(app_id.encode())} is not an app id (a DNS label)")
+        raise NotAnAppId(f"{show(app_id.encode())} is not an app id (a DNS label)")
     if not _PORT.match(port) or not 1 <= int(port) <= 65535:
-        raise BadValue(f"port {_show(port.encode())} is not a number in 1-65535")
+        raise BadValue(f"port {show(port.encode())} is not a number in 1-65535")
     return app_id, int(port)
-
-
-def _show(value: bytes, limit: int = 100) -> str:
-    """A DNS-supplied value, quoted, escaped and bounded, for a log line."""
-    text = value[:limit].decode("utf-8", "backslashreplace")
-    return json.dumps(text) + ("..." if len(value) > limit else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +224,7 @@ class TXTResolver:
         problems: list[_Decision] = []
         distinct = sorted(set(values))
         for value in distinct:
-            where = f"TXT {record} = {_show(value)}"
+            where = f"TXT {record} = {show(value)}"
             try:
                 app, port = parse_value(value)
             except BadValue as error:
@@ -252,7 +246,7 @@ class TXTResolver:
                 sni=server_name,
                 count=len(distinct),
                 owner=record,
-                values=", ".join(_show(v) for v in distinct),
-                chosen=_show(value),
+                values=", ".join(show(v) for v in distinct),
+                chosen=show(value),
             )
-        return _Decision(app=app, port=port, detail=f"TXT {record} = {_show(value)}")
+        return _Decision(app=app, port=port, detail=f"TXT {record} = {show(value)}")

@@ -10,11 +10,12 @@ a default.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, Mapping
 
 from sniproxy.hostnames import host_name_problem
@@ -27,10 +28,12 @@ __all__ = [
     "ConfigError",
     "DNSConfig",
     "LogConfig",
+    "SECTIONS",
     "ProxyConfig",
     "RoutingConfig",
     "StaticTarget",
     "SubdomainConfig",
+    "SubdomainPolicy",
     "SystemConfig",
     "TXTConfig",
     "check_endpoint",
@@ -58,11 +61,26 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------- value types
 
 
+class SubdomainPolicy(str, enum.Enum):
+    """What the subdomain source does with a name whose port has no C{s}."""
+
+    REJECT = "reject"
+    PASSTHROUGH = "passthrough"
+
+
 @dataclass(frozen=True, slots=True)
 class StaticTarget:
     """
     The right-hand side of a C{[routing.static]} entry: a fixed address, or
     an app from the registry on a port.
+
+    @ivar address: the backend (written C{"host:port"} or as C{backend}),
+        or C{None} when the entry names an app.
+    @ivar app: the app id (C{app = "..."}), or C{None}.
+    @ivar port: with C{app}: the port to connect to on the app's instances
+        that give none of their own.
+    @ivar proxy_protocol: 0, or the PROXY protocol version (1 or 2) to send
+        the backend; with an app, 0 means the app's own setting.
     """
 
     address: Address | None = None
@@ -73,7 +91,14 @@ class StaticTarget:
 
 @dataclass(frozen=True, slots=True)
 class AppBackend:
-    """An app instance; C{port=None} means "the port the route asks for"."""
+    """
+    An app instance, as C{"host"} or C{"host:port"} in C{backends}.
+
+    @ivar host: an IP literal or a host name (resolved through the DNS
+        layer at connect time).
+    @ivar port: the instance's port, or C{None} for "the port the route
+        asks for".
+    """
 
     host: str
     port: int | None = None
@@ -81,12 +106,56 @@ class AppBackend:
 
 @dataclass(frozen=True, slots=True)
 class AppConfig:
+    """
+    One C{[apps.<id>]} table: an app that routes may name.
+
+    @ivar backends: the app's instances, in order (at least one).
+    @ivar proxy_protocol: 0, or the PROXY protocol version (1 or 2) its
+        instances expect.
+    """
+
     backends: tuple[AppBackend, ...]
     proxy_protocol: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
+    """
+    The C{[proxy]} table: listening, timeouts, limits.
+
+    @ivar listen: the endpoint strings to accept TLS clients on (Twisted
+        endpoint syntax: C{tcp:443}, C{systemd:domain=INET:index=0}).
+    @ivar hello_timeout: seconds a client has to send its whole ClientHello.
+    @ivar max_hello_bytes: the largest ClientHello accepted (512 to 16 MiB);
+        a larger one gets C{illegal_parameter}.
+    @ivar routing_timeout: seconds the routing decision may take.
+    @ivar connect_timeout: seconds to connect to a backend, across all its
+        addresses.
+    @ivar connect_stagger: seconds each address gets before the next is
+        tried too (RFC 8305 style).
+    @ivar idle_timeout: seconds a relayed connection may pass with no byte
+        either way.
+    @ivar shutdown_timeout: seconds live connections get to finish at a
+        stop before they are closed.
+    @ivar fallback: the backend (C{"host:port"}) for names no source
+        routes, or none (C{""}).
+    @ivar fallback_proxy_protocol: the PROXY protocol version (0, 1, 2) for
+        the fallback backend.
+    @ivar max_connections: connections open at once (0 = no limit); more
+        are closed at accept.
+    @ivar max_connections_per_client: connections open at once from one
+        client address (0 = no limit); trusted load balancers are exempt.
+    @ivar max_pending_per_name: connections that may wait for one name's
+        routing answer at once (0 = no limit).
+    @ivar accept_proxy_from: CIDR networks whose connections must start
+        with a PROXY protocol header (v1 or v2) naming the real client.
+    @ivar splice: relay with splice(2) on Linux, so bytes never enter the
+        process.
+    @ivar max_lifetime: seconds a relayed connection may live, counted from
+        accept (0 = no limit); checked about once a second, and a reload's
+        value applies to connections already open.
+    """
+
     listen: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
     hello_timeout: float = 5.0
     max_hello_bytes: int = 65536
@@ -107,12 +176,32 @@ class ProxyConfig:
 
 @dataclass(frozen=True, slots=True)
 class SubdomainConfig:
+    """
+    The C{[routing.subdomain]} table: dstack-style C{<app>[-<port>[s]].<base>}
+    names.
+
+    @ivar base_domains: the domains whose subdomains name apps.
+    @ivar non_passthrough: C{"reject"} or C{"passthrough"}: what to do
+        with a port written without C{s} (a TLS-terminating port, which a
+        passthrough proxy cannot serve).
+    """
+
     base_domains: tuple[str, ...] = ()
-    non_passthrough: str = "reject"
+    non_passthrough: SubdomainPolicy = SubdomainPolicy.REJECT
 
 
 @dataclass(frozen=True, slots=True)
 class TXTConfig:
+    """
+    The C{[routing.txt]} table: owner-name prefixes of the TXT records that
+    name an app (C{<prefix>.<server name>} = C{"<app>:<port>"}).
+
+    @ivar prefix: the primary prefix.
+    @ivar legacy_prefix: an older prefix tried after it (C{""} = none).
+    @ivar wildcard_prefix: the prefix of records that cover every name
+        under a domain (C{""} = none).
+    """
+
     prefix: str = "_dstack-app-address"
     legacy_prefix: str = "_tapp-address"
     wildcard_prefix: str = "_dstack-app-address-wildcard"
@@ -120,6 +209,18 @@ class TXTConfig:
 
 @dataclass(frozen=True, slots=True)
 class SystemConfig:
+    """
+    The C{[routing.system]} table: allowed names connected to their own
+    addresses, as the system resolver (getaddrinfo) gives them.
+
+    @ivar allow: the names and C{*.suffix} patterns that may be looked up.
+    @ivar port: the port to connect to.
+    @ivar allow_private: allow private, loopback and link-local addresses.
+    @ivar timeout: seconds one lookup may take.
+    @ivar threads: threads for getaddrinfo (takes effect at a restart).
+    @ivar max_queued: lookups that may wait for a thread; more are refused.
+    """
+
     allow: tuple[str, ...] = ()
     port: int = 443
     allow_private: bool = False
@@ -130,6 +231,17 @@ class SystemConfig:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
+    """
+    The C{[routing]} table.
+
+    @ivar sources: the route sources to ask, in order (C{static},
+        C{subdomain}, C{txt}, C{system}).
+    @ivar static: the C{[routing.static]} map, pattern to target.
+    @ivar subdomain: the C{[routing.subdomain]} table.
+    @ivar txt: the C{[routing.txt]} table.
+    @ivar system: the C{[routing.system]} table.
+    """
+
     sources: tuple[str, ...] = ("static",)
     static: Mapping[str, StaticTarget] = field(default_factory=dict)
     subdomain: SubdomainConfig = SubdomainConfig()
@@ -139,6 +251,31 @@ class RoutingConfig:
 
 @dataclass(frozen=True, slots=True)
 class DNSConfig:
+    """
+    The C{[dns]} table: the caching DNS layer and its upstream.
+
+    @ivar servers: upstream servers (C{"ip"} or C{"ip:port"}); empty means
+        those of C{resolv_conf}.
+    @ivar resolv_conf: the file to read servers from when C{servers} is
+        empty.
+    @ivar timeout: seconds to wait for one server's answer.
+    @ivar attempts: tries per server.
+    @ivar deadline: seconds one lookup may take in all.
+    @ivar min_ttl: the least TTL an answer is cached for.
+    @ivar max_ttl: the most TTL an answer is cached for.
+    @ivar max_negative_ttl: the most an NXDOMAIN or NODATA answer is cached
+        for.
+    @ivar failure_backoff: seconds a failed name is not asked again.
+    @ivar max_stale: seconds past its TTL an entry may be served stale
+        while upstream fails (RFC 8767).
+    @ivar stale_wait: seconds a lookup waits for upstream before a stale
+        answer is served.
+    @ivar refresh_ahead: the fraction of a TTL before expiry at which a used
+        entry is refreshed in the background (0 to 1).
+    @ivar max_entries: the cache's size bound (least recently used out).
+    @ivar prefetch: names resolved at start-up and reload.
+    """
+
     servers: tuple[tuple[str, int], ...] = ()
     resolv_conf: str = "/etc/resolv.conf"
     timeout: float = 1.0
@@ -157,16 +294,42 @@ class DNSConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    """
+    The C{[log]} table.
+
+    @ivar access: the access log: a file path, C{"-"} for standard output,
+        C{""} for none.
+    """
+
     access: str = "-"
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
+    """
+    The C{[admin]} table.
+
+    @ivar listen: the endpoint string of the admin HTTP endpoint (metrics,
+        route explanations), or C{""} for none.
+    """
+
     listen: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """
+    A whole, validated config file.
+
+    @ivar proxy: the C{[proxy]} table.
+    @ivar routing: the C{[routing]} table and its subtables.
+    @ivar apps: the C{[apps.<id>]} tables, by app id.
+    @ivar dns: the C{[dns]} table.
+    @ivar log: the C{[log]} table.
+    @ivar admin: the C{[admin]} table.
+    @ivar path: the file it was read from (C{""} when parsed from data).
+    """
+
     proxy: ProxyConfig = ProxyConfig()
     routing: RoutingConfig = RoutingConfig()
     apps: Mapping[str, AppConfig] = field(default_factory=dict)
@@ -174,6 +337,30 @@ class Config:
     log: LogConfig = LogConfig()
     admin: AdminConfig = AdminConfig()
     path: str = ""
+
+
+# Which dataclass documents which TOML table (C{"apps.*"}: every
+# C{[apps.<id>]} table; C{"routing.static.*"}: a table-valued entry).
+SECTIONS: dict[str, type] = {
+    "proxy": ProxyConfig,
+    "routing": RoutingConfig,
+    "routing.static.*": StaticTarget,
+    "routing.subdomain": SubdomainConfig,
+    "routing.txt": TXTConfig,
+    "routing.system": SystemConfig,
+    "apps.*": AppConfig,
+    "dns": DNSConfig,
+    "log": LogConfig,
+    "admin": AdminConfig,
+}
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of field C{name} of dataclass C{cls}: the parser's only source of defaults."""
+    spec = cls.__dataclass_fields__[name]
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 # ---------------------------------------------------------------- primitives
@@ -478,14 +665,14 @@ def _proxy(table: _Table) -> ProxyConfig:
         idle_timeout=table.get("idle_timeout", default.idle_timeout, positive),
         shutdown_timeout=table.get("shutdown_timeout", default.shutdown_timeout, _number()),
         fallback=fallback_address,
-        fallback_proxy_protocol=table.get("fallback_proxy_protocol", 0, _proxy_protocol),
+        fallback_proxy_protocol=table.get("fallback_proxy_protocol", default.fallback_proxy_protocol, _proxy_protocol),
         max_connections=table.get("max_connections", default.max_connections, _integer(0)),
         max_connections_per_client=table.get(
             "max_connections_per_client", default.max_connections_per_client, _integer(0)
         ),
         max_pending_per_name=table.get("max_pending_per_name", default.max_pending_per_name, _integer(0)),
-        accept_proxy_from=table.get("accept_proxy_from", (), _list(_via(_network))),
-        splice=table.get("splice", True, _boolean),
+        accept_proxy_from=table.get("accept_proxy_from", default.accept_proxy_from, _list(_via(_network))),
+        splice=table.get("splice", default.splice, _boolean),
         max_lifetime=table.get("max_lifetime", default.max_lifetime, _number()),
     )
     table.done()
@@ -503,8 +690,8 @@ def _static_target(key: str, value: Any) -> StaticTarget:
     target = _Table(key, value)
     backend = target.get("backend", None, _via(parse_backend))
     app = target.get("app", None, _via(validate_hostname))
-    port = target.get("port", 443, _integer(1, 65535))
-    proxy_protocol = target.get("proxy_protocol", 0, _proxy_protocol)
+    port = target.get("port", _default(StaticTarget, "port"), _integer(1, 65535))
+    proxy_protocol = target.get("proxy_protocol", _default(StaticTarget, "proxy_protocol"), _proxy_protocol)
     target.done()
     if (backend is None) == (app is None):
         raise ConfigError(key, "needs exactly one of 'backend' (\"host:port\") or 'app'")
@@ -514,7 +701,7 @@ def _static_target(key: str, value: Any) -> StaticTarget:
 
 
 def _routing(table: _Table) -> RoutingConfig:
-    sources = table.get("sources", ("static",), _list(_choice(*SOURCES)))
+    sources = table.get("sources", _default(RoutingConfig, "sources"), _list(_choice(*SOURCES)))
     if len(set(sources)) != len(sources):
         raise ConfigError(table.key("sources"), "names a source twice")
 
@@ -533,9 +720,12 @@ def _routing(table: _Table) -> RoutingConfig:
     static_table.done()
 
     sub = table.table("subdomain")
+    default_sub = SubdomainConfig()
     subdomain = SubdomainConfig(
-        base_domains=sub.get("base_domains", (), _list(_via(validate_hostname))),
-        non_passthrough=sub.get("non_passthrough", "reject", _choice("reject", "passthrough")),
+        base_domains=sub.get("base_domains", default_sub.base_domains, _list(_via(validate_hostname))),
+        non_passthrough=SubdomainPolicy(
+            sub.get("non_passthrough", default_sub.non_passthrough, _choice(*(p.value for p in SubdomainPolicy)))
+        ),
     )
     sub.done()
 
@@ -562,9 +752,9 @@ def _routing(table: _Table) -> RoutingConfig:
     system_table = table.table("system")
     default_system = SystemConfig()
     system = SystemConfig(
-        allow=system_table.get("allow", (), _list(_via(validate_pattern))),
+        allow=system_table.get("allow", default_system.allow, _list(_via(validate_pattern))),
         port=system_table.get("port", default_system.port, _integer(1, 65535)),
-        allow_private=system_table.get("allow_private", False, _boolean),
+        allow_private=system_table.get("allow_private", default_system.allow_private, _boolean),
         timeout=system_table.get("timeout", default_system.timeout, _number(above=True)),
         threads=system_table.get("threads", default_system.threads, _integer(1, 64)),
         max_queued=system_table.get("max_queued", default_system.max_queued, _integer(0, 100000)),
@@ -596,7 +786,7 @@ def _apps(table: _Table) -> dict[str, AppConfig]:
             raise ConfigError(key, "bad app id: must be a single DNS label")
         app = table.table(app_id)
         backends = app.get("backends", None, _list(_via(backend)))
-        proxy_protocol = app.get("proxy_protocol", 0, _proxy_protocol)
+        proxy_protocol = app.get("proxy_protocol", _default(AppConfig, "proxy_protocol"), _proxy_protocol)
         app.done()
         if not backends:
             raise ConfigError(app.key("backends"), "needs at least one 'host' or 'host:port'")
@@ -609,7 +799,7 @@ def _dns(table: _Table) -> DNSConfig:
     d = DNSConfig()
     seconds = _number()
     config = DNSConfig(
-        servers=table.get("servers", (), _list(_via(_dns_server))),
+        servers=table.get("servers", d.servers, _list(_via(_dns_server))),
         resolv_conf=table.get("resolv_conf", d.resolv_conf, _string),
         timeout=table.get("timeout", d.timeout, _number(above=True)),
         attempts=table.get("attempts", d.attempts, _integer(1, 10)),
@@ -622,7 +812,7 @@ def _dns(table: _Table) -> DNSConfig:
         stale_wait=table.get("stale_wait", d.stale_wait, seconds),
         refresh_ahead=table.get("refresh_ahead", d.refresh_ahead, _number(0.0, 1.0)),
         max_entries=table.get("max_entries", d.max_entries, _integer(1)),
-        prefetch=table.get("prefetch", (), _list(_via(validate_hostname))),
+        prefetch=table.get("prefetch", d.prefetch, _list(_via(validate_hostname))),
     )
     if config.min_ttl > config.max_ttl:
         raise ConfigError(table.key("min_ttl"), f"is above dns.max_ttl ({config.max_ttl:g})")
@@ -631,13 +821,13 @@ def _dns(table: _Table) -> DNSConfig:
 
 
 def _log(table: _Table) -> LogConfig:
-    config = LogConfig(access=table.get("access", "-", _string))
+    config = LogConfig(access=table.get("access", LogConfig().access, _string))
     table.done()
     return config
 
 
 def _admin(table: _Table) -> AdminConfig:
-    listen = table.get("listen", "", _string)
+    listen = table.get("listen", AdminConfig().listen, _string)
     if listen:
         _endpoint(table.key("listen"), listen)
     table.done()

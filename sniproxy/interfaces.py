@@ -58,6 +58,10 @@ class Route:
         no DNS was involved.
     @ivar detail: what matched, for logs and route explanations (a static
         pattern, a TXT record's name and value, ...).
+    @ivar trace: the steps behind the answer, one line each, for route
+        explanations only (C{/explain}, C{python -m sniproxy.explain}): the
+        lookups a source made and what it kept or dropped.  Not compared:
+        two routes to the same place are equal whatever their traces.
     """
 
     backends: tuple[Address, ...]

@@ -41,6 +41,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from sniproxy.apps import AppRegistry
+from sniproxy.config import SubdomainPolicy
 from sniproxy.interfaces import IResolver, Route, RouteRefused
 
 __all__ = ["SubdomainResolver", "readings"]
@@ -72,15 +73,17 @@ class SubdomainResolver:
 
     name = "subdomain"
 
-    def __init__(self, base_domains: Iterable[str], apps: AppRegistry, non_passthrough: str = "reject") -> None:
+    def __init__(self, base_domains: Iterable[str], apps: AppRegistry, non_passthrough: SubdomainPolicy | str = SubdomainPolicy.REJECT) -> None:
         """
         @param non_passthrough: C{"reject"} or C{"passthrough"}.
         """
-        if non_passthrough not in ("reject", "passthrough"):
-            raise ValueError(f"non_passthrough must be 'reject' or 'passthrough', not {non_passthrough!r}")
+        try:
+            policy = SubdomainPolicy(non_passthrough)
+        except ValueError:
+            raise ValueError(f"non_passthrough must be 'reject' or 'passthrough', not {non_passthrough!r}") from None
         self.base_domains = frozenset(base_domains)
         self.apps = apps
-        self.reject = non_passthrough == "reject"
+        self.reject = policy is SubdomainPolicy.REJECT
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
         label, _, parent = server_name.partition(".")

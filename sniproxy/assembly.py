@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime, IReactorUDP
 
 from sniproxy.accesslog import cannot_open
 from sniproxy.addresses import AddressResolver, is_ip_literal
@@ -79,7 +79,7 @@ class Parts:
     warm_names: tuple[str, ...]
 
 
-def build_dns(config: Config, reactor: Any, clock: IReactorTime | None = None) -> CachingResolver:
+def build_dns(config: Config, reactor: IReactorUDP | None, clock: IReactorTime | None = None) -> CachingResolver:
     """
     The process's one caching DNS resolver for C{config}'s C{[dns]} table,
     with its upstream.  (The only place the cache is constructed.)
@@ -89,7 +89,7 @@ def build_dns(config: Config, reactor: Any, clock: IReactorTime | None = None) -
     return CachingResolver.from_config(config.dns, reactor, clock)
 
 
-def build_resolver_threads(config: Config, reactor: Any) -> ResolverThreads:
+def build_resolver_threads(config: Config, reactor: IReactorThreads | None) -> ResolverThreads:
     """The process's getaddrinfo threads (not started) for the C{system} source."""
     return ResolverThreads(reactor, config.routing.system.threads)
 
@@ -205,7 +205,7 @@ class _NoLookups:
         raise AssertionError("validate() must not resolve names")
 
 
-def validate(path_or_config: str | os.PathLike | Config, reactor: Any = None) -> Config:
+def validate(path_or_config: str | os.PathLike | Config, reactor: IReactorCore | None = None) -> Config:
     """
     Check a config file as a start or a reload would, without binding a
     port or starting anything: read and validate every key, check that the

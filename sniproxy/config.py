@@ -18,6 +18,8 @@ import tomllib
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, Mapping
 
+from twisted.internet.interfaces import IReactorCore
+
 from sniproxy.hostnames import host_name_problem
 from sniproxy.interfaces import Address
 
@@ -593,7 +595,7 @@ def _via(parse: Callable[[str], Any]):
     return check
 
 
-def check_endpoint(key: str, value: Any, reactor: Any = None) -> str:
+def check_endpoint(key: str, value: Any, reactor: IReactorCore | None = None) -> str:
     """
     Check a server endpoint string by parsing it as a start would.
 

@@ -31,6 +31,28 @@ from sniproxy.splice import PipePool, SplicePump
 __all__ = ["BackendConnection", "Relay"]
 
 
+def _send_directly(transport, data: bytes) -> int:
+    """
+    Send C{data} on C{transport}'s socket now, bypassing its write buffer.
+
+    The one place the relay reaches into Twisted.  It relies on
+    C{twisted.internet.tcp.Connection} (Twisted 23.10 through 25.x) having
+    a C{socket} attribute, the connected non-blocking C{socket.socket}, and
+    on the caller knowing that nothing is in the transport's own buffer yet
+    (so bytes sent here cannot overtake bytes written before).
+
+    @return: how many bytes the kernel took: 0 when it would block or
+        failed (the transport's own write then meets the same error and
+        reports it the usual way).
+    """
+    try:
+        return transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        return 0
+
+
 @implementer(IPushProducer)
 class _Valve:
     """
@@ -184,12 +206,7 @@ class Relay:
         takes a ClientHello whole); what it does not take goes through the
         transport, and then the pump cannot be used (it would overtake it).
         """
-        try:
-            sent = self.backend.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the transport's own write will meet the error too
+        sent = _send_directly(self.backend, data)
         if sent == len(data):
             return True
         self.backend.write(data[sent:])

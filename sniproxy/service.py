@@ -21,6 +21,7 @@ from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
 from sniproxy.config import Config, ConfigError
 from sniproxy.dns.service import DNSService
+from sniproxy.deferreds import PENDING, peek
 from sniproxy.explain import explain
 from sniproxy.interfaces import Address
 from sniproxy.metrics import ProxyMetrics
@@ -37,10 +38,12 @@ def _listen(reactor, description: str, factory) -> Any:
 
     @raise StartError: naming the endpoint and the reason, on failure.
     """
-    outcome: list = []
-    endpoints.serverFromString(reactor, description).listen(factory).addBoth(outcome.append)
-    [port] = outcome  # stream server endpoints listen synchronously
+    listening = endpoints.serverFromString(reactor, description).listen(factory)
+    port = peek(listening)
+    if port is PENDING:  # stream server endpoints listen synchronously
+        raise StartError(f"cannot listen on {description}: the endpoint did not listen at once")
     if isinstance(port, Failure):
+        listening.addErrback(lambda _: None)  # reported here, as one line
         error = port.value
         reason = getattr(error, "socketError", None) or error
         raise StartError(f"cannot listen on {description}: {reason}")

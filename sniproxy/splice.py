@@ -36,11 +36,52 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
+# ---------------------------------------------------------------- the adapter
+#
+# The one place the pump reaches into Twisted.  It relies on these
+# internals of twisted.internet.tcp.Connection (an abstract.FileDescriptor),
+# unchanged from Twisted 23.10 through 25.x:
+#
+# - the reactors (epoll, poll, select, and the asyncio one) call
+#   selectable.doRead() / doWrite() by attribute lookup at each readiness
+#   event, so an instance attribute shadows the class's method, and
+#   deleting it restores the class's;
+# - doRead()/doWrite() return None, main.CONNECTION_DONE or
+#   main.CONNECTION_LOST, which the reactor turns into connectionLost (and
+#   CONNECTION_DONE into readConnectionLost for a half-closeable protocol);
+# - the class's doWrite, called with its own buffer empty, stops writing
+#   and completes a pending loseConnection or loseWriteConnection;
+# - fileno(), startReading(), stopReading(), startWriting(), and the
+#   connected / disconnecting flags mean what they mean in FileDescriptor.
+#
+# test_splice exercises each of these on the installed Twisted, so a release
+# that changes one fails the suite, not production.
+
+
 def available(*transports) -> bool:
     """Whether splice can pump between these transports (Linux, plain TCP)."""
     if not hasattr(os, "splice"):
         return False
     return all(hasattr(t, "socket") and hasattr(t, "doRead") and hasattr(t, "doWrite") for t in transports)
+
+
+def _take_over(transport, do_read: Callable[[], object], do_write: Callable[[], object]) -> Callable[[], object]:
+    """
+    Make the reactor call C{do_read} and C{do_write} for C{transport}.
+
+    @return: the transport's own C{doWrite}, which C{do_write} calls when
+        it has nothing of its own to write.
+    """
+    own_do_write = transport.doWrite
+    transport.doRead = do_read
+    transport.doWrite = do_write
+    return own_do_write
+
+
+def _give_back(transport) -> None:
+    """Give C{transport} its own C{doRead} and C{doWrite} again."""
+    for name in ("doRead", "doWrite"):
+        transport.__dict__.pop(name, None)
 
 
 class _Pipe:
@@ -109,7 +150,8 @@ class _Direction:
         self.waiting = False  # src is not read until dst drains the pipe
         self.broken = False  # dst refused a write: report it from its doWrite
         self.stalls = 0
-        self._dst_do_write = dst.doWrite
+        # Twisted's own dst.doWrite, set by SplicePump as it takes over.
+        self._dst_do_write: Callable[[], object] = dst.doWrite
 
     def readable(self):
         """The reactor's C{src.doRead}."""
@@ -232,10 +274,8 @@ class SplicePump:
         self.backend = backend
         self.up = _Direction(client, backend, pool, moved_up, progressed)
         self.down = _Direction(backend, client, pool, moved_down, progressed)
-        client.doRead = self.up.readable
-        backend.doWrite = self.up.writable
-        backend.doRead = self.down.readable
-        client.doWrite = self.down.writable
+        self.down._dst_do_write = _take_over(client, self.up.readable, self.down.writable)
+        self.up._dst_do_write = _take_over(backend, self.down.readable, self.up.writable)
 
     @property
     def stalls(self) -> tuple[int, int]:
@@ -255,6 +295,5 @@ class SplicePump:
         """Give the pipes back and the transports their own methods (both connections are gone)."""
         self.up.close()
         self.down.close()
-        for transport in (self.client, self.backend):
-            for name in ("doRead", "doWrite"):
-                transport.__dict__.pop(name, None)
+        _give_back(self.client)
+        _give_back(self.backend)

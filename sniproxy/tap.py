@@ -35,9 +35,23 @@ class Options(usage.Options):
             # No reactor yet: twistd installs the one asked for after this.
             self.loaded = validate(self["config"])
         except ConfigError as error:
-            raise usage.UsageError(f"config: {error}") from None
+            self._refuse(f"config: {error}")
         except StartError as error:
-            raise usage.UsageError(str(error)) from None
+            self._refuse(str(error))
+
+    def _refuse(self, line: str) -> None:
+        """
+        Stop the start with C{line}, as twistd reports a usage error (its
+        usage text, then C{"argv0 argv1: line"}), and exit status 1.  Twisted
+        before 26.10 reports a usage error that way but exits 0, which would
+        tell an init script or systemd that a broken config started.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is None:
+            raise usage.UsageError(line)
+        print(parent)
+        print(f"{' '.join(sys.argv[0:2])}: {line}")
+        raise SystemExit(1)
 
 
 def makeService(options: Options) -> ProxyService:

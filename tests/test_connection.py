@@ -23,7 +23,7 @@ from sniproxy.config import ProxyConfig
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxy import LINGER, ProxyFactory
-from sniproxy.proxyprotocol import header as proxy_header
+from sniproxy.proxyprotocol import header_v1, header_v2
 from sniproxy.record import ConnectionRecord, Outcome
 from sniproxy.routing import Router
 from sniproxy.testing.clienthello import alpn_extension, build_client_hello, sni_extension
@@ -81,7 +81,12 @@ class Harness:
         self.reactor = MemoryReactorClock()
         self.source = source or Source()
         self.settings = ProxyConfig(**settings)
-        self.router = Router(self.source, self.reactor, timeout=self.settings.routing_timeout)
+        self.router = Router(
+            self.source,
+            self.reactor,
+            timeout=self.settings.routing_timeout,
+            max_pending_per_name=self.settings.max_pending_per_name,
+        )
         self.factory = ProxyFactory(self.settings, self.router, self.reactor, self.reactor)
         self.records: list[ConnectionRecord] = []
         self.factory.record_observers.append(self.records.append)
@@ -264,3 +269,441 @@ class RecordTests(SynchronousTestCase):
         )
         self.assertEqual(Outcome("no route"), Outcome.NO_ROUTE)
         self.assertEqual(json.dumps(Outcome.NO_ROUTE), '"no route"')
+
+
+class MaxLifetimeTests(SynchronousTestCase):
+    """C{proxy.max_lifetime}: one coarse sweep per factory closes relays past their time."""
+
+    def test_closed_with_the_reason_max_lifetime(self):
+        harness = Harness(self, max_lifetime=10.0)
+        reactor = harness.reactor
+        connection, client, backend = harness.relayed()
+        reactor.advance(9)
+        self.assertFalse(client.disconnecting)
+        reactor.advance(2)  # the sweep after the 10th second
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(backend.disconnecting)
+        client.lose()
+        backend.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.RELAYED, "max lifetime"))
+        self.assertEqual(entry(record)["reason"], "max lifetime")
+
+    def test_one_timer_for_all_connections_none_when_idle(self):
+        harness = Harness(self, max_lifetime=100.0)
+        reactor = harness.reactor
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        pairs = [harness.relayed(port=40000 + i) for i in range(5)]
+        sweeps = [call for call in reactor.getDelayedCalls() if call.func is harness.factory._sweeper]
+        self.assertEqual(len(sweeps), 1)
+        for _, client, backend in pairs:
+            client.lose()
+            backend.lose()
+        self.assertIsNone(harness.factory._sweeper)
+        # Only the relays' own idle timers could be left; none is, once closed.
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_not_yet_relayed_connections_are_left_alone(self):
+        harness = Harness(self, max_lifetime=1.0, hello_timeout=30.0)
+        reactor = harness.reactor
+        connection, client = harness.accept()
+        reactor.advance(5)
+        self.assertFalse(client.write_closed)
+        self.assertFalse(client.disconnecting)
+
+    def test_off_by_default(self):
+        harness = Harness(self)
+        connection, client, backend = harness.relayed()
+        self.assertIsNone(harness.factory._sweeper)
+        harness.reactor.advance(500)
+        self.assertFalse(client.disconnecting)
+
+    def test_reload_applies_to_open_connections(self):
+        harness = Harness(self)
+        reactor = harness.reactor
+        connection, client, backend = harness.relayed()
+        reactor.advance(60)
+        harness.factory.reconfigure(ProxyConfig(listen=("tcp:8443",), max_lifetime=30.0), harness.router)
+        reactor.advance(1)
+        self.assertTrue(client.disconnecting)
+        # And a reload that lifts the cap stops the sweep.
+        harness.factory.reconfigure(ProxyConfig(listen=("tcp:8443",)), harness.router)
+        self.assertIsNone(harness.factory._sweeper)
+
+    def test_stop_leaves_no_timer(self):
+        harness = Harness(self, max_lifetime=10.0)
+        harness.relayed()
+        sweeper = harness.factory._sweeper
+        self.assertTrue(sweeper.running)
+        harness.factory.stop()
+        self.assertFalse(sweeper.running)
+        self.assertEqual([c for c in harness.reactor.getDelayedCalls() if c.func is sweeper], [])
+        self.assertIsNone(harness.factory._sweeper)
+
+
+def alert(description: int, version: int = 0x0301) -> bytes:
+    return alerts.alert_record(description, version)
+
+
+class RejectTests(SynchronousTestCase):
+    """Reject: one alert in the client's record version, a half-close, then linger."""
+
+    def test_no_route_gets_unrecognized_name_and_lingers(self):
+        harness = Harness(self, Source({}))
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        self.assertEqual(client.value(), alert(alerts.UNRECOGNIZED_NAME))
+        self.assertTrue(client.write_closed)
+        self.assertEqual(client.producerState, "producing")  # reading again, to drain
+        # Bytes during the linger are read and dropped.
+        connection.dataReceived(b"more")
+        self.assertEqual(client.value(), alert(alerts.UNRECOGNIZED_NAME))
+        self.assertFalse(client.disconnected)
+        harness.reactor.advance(LINGER)
+        self.assertTrue(client.disconnected)
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason, record.sni), (Outcome.NO_ROUTE, "no route", "shop.example.com"))
+
+    def test_client_closing_during_the_linger_ends_it(self):
+        harness = Harness(self, Source({}))
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        connection.readConnectionLost()
+        self.assertTrue(client.disconnecting)
+        client.lose()
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+        self.assertEqual(harness.records[0].outcome, Outcome.NO_ROUTE)
+
+    def test_malformed_gets_decode_error(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        connection.dataReceived(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00")
+        self.assertEqual(client.value(), alert(alerts.DECODE_ERROR))
+        client.lose()
+        self.assertEqual(harness.records[0].outcome, Outcome.MALFORMED)
+
+    def test_not_tls_gets_no_alert(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        connection.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(client.value(), b"")
+        self.assertTrue(client.write_closed)
+        client.lose()
+        self.assertEqual(harness.records[0].outcome, Outcome.MALFORMED)
+
+    def test_no_sni_and_no_fallback(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        connection.dataReceived(build_client_hello([]))
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.NO_ROUTE, "no route: the client sent no server name"))
+        self.assertEqual(harness.source.asked, [])
+
+    def test_routing_failure_gets_internal_error(self):
+        harness = Harness(self, Source({"shop.example.com": RoutingError("SERVFAIL")}))
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        self.assertEqual(client.value(), alert(alerts.INTERNAL_ERROR))
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.ROUTING_FAILED, "routing failed: SERVFAIL"))
+        self.assertIsNotNone(record.route_seconds)
+
+    def test_backend_unreachable_gets_internal_error(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        harness.fail_connect()
+        self.assertEqual(client.value(), alert(alerts.INTERNAL_ERROR))
+        client.lose()
+        [record] = harness.records
+        self.assertEqual(record.outcome, Outcome.BACKEND_UNREACHABLE)
+        self.assertEqual(record.reason, "backend unreachable: 127.0.0.1:9443: refused")
+        self.assertEqual(record.source, "static")
+        self.assertIsNone(record.backend)
+
+    def test_alert_in_a_tls_1_0_record_version(self):
+        harness = Harness(self, Source({}))
+        connection, client = harness.accept()
+        connection.dataReceived(build_client_hello([sni_extension(["x.example"])], record_version=0x0303))
+        self.assertEqual(client.value(), alert(alerts.UNRECOGNIZED_NAME, 0x0303))
+
+
+class InboundProxyHeaderTests(SynchronousTestCase):
+    """A trusted load balancer's PROXY header names the client."""
+
+    def harness(self):
+        return Harness(self, accept_proxy_from=("127.0.0.0/8",))
+
+    def test_v1_header_names_the_client(self):
+        harness = self.harness()
+        connection, client = harness.accept()
+        header = header_v1(("203.0.113.7", 5555), ("198.51.100.1", 443))
+        # In pieces: the header may arrive split, and with the hello.
+        connection.dataReceived(header[:7])
+        connection.dataReceived(header[7:] + HELLO[:10])
+        connection.dataReceived(HELLO[10:])
+        backend = harness.backend()
+        self.assertEqual(backend.value(), HELLO)  # the header is not replayed
+        client.lose()
+        backend.lose()
+        [record] = harness.records
+        self.assertEqual(record.client, "203.0.113.7")
+        self.assertEqual(record.peer, "203.0.113.7:5555 via 127.0.0.2:40000")
+
+    def test_v2_header(self):
+        harness = self.harness()
+        connection, client = harness.accept()
+        connection.dataReceived(header_v2(("2001:db8::1", 6000), ("2001:db8::2", 443)) + HELLO)
+        harness.backend()
+        self.assertEqual(connection.client_ip, "2001:db8::1")
+
+    def test_bad_header_from_a_trusted_peer(self):
+        harness = self.harness()
+        connection, client = harness.accept()
+        connection.dataReceived(b"PROXY BOGUS\r\n" + HELLO)
+        self.assertEqual(client.value(), b"")
+        self.assertTrue(client.write_closed)
+        client.lose()
+        [record] = harness.records
+        self.assertEqual(record.outcome, Outcome.MALFORMED)
+        self.assertTrue(record.reason.startswith("malformed: bad PROXY header from a trusted peer"), record.reason)
+
+    def test_untrusted_peer_header_is_not_tls(self):
+        harness = Harness(self, accept_proxy_from=("10.0.0.0/8",))
+        connection, client = harness.accept()
+        connection.dataReceived(header_v1(("203.0.113.7", 5555), ("198.51.100.1", 443)) + HELLO)
+        client.lose()
+        self.assertEqual(harness.records[0].outcome, Outcome.MALFORMED)
+        self.assertEqual(harness.records[0].client, "127.0.0.2")
+
+
+class LimitTests(SynchronousTestCase):
+    def test_max_connections(self):
+        harness = Harness(self, max_connections=2)
+        metrics = ProxyMetrics(live=lambda: len(harness.factory.connections))
+        harness.factory.metrics = metrics
+        first, _ = harness.accept(port=1)
+        harness.accept(port=2)
+        self.assertEqual(harness.accept(port=3), (None, None))
+        self.assertEqual(metrics.registry.get_sample_value("sniproxy_connections_total", {"outcome": "over limit"}), 1)
+        first.transport.lose()
+        self.assertIsNotNone(harness.accept(port=4)[0])
+
+    def test_max_connections_per_client(self):
+        harness = Harness(self, max_connections_per_client=1)
+        harness.accept(host="127.0.0.2", port=1)
+        self.assertEqual(harness.accept(host="127.0.0.2", port=2), (None, None))
+        self.assertIsNotNone(harness.accept(host="127.0.0.3", port=1)[0])
+
+    def test_trusted_balancer_is_exempt_from_the_per_client_limit(self):
+        harness = Harness(self, max_connections_per_client=1, accept_proxy_from=("127.0.0.2/32",))
+        harness.accept(port=1)
+        self.assertIsNotNone(harness.accept(port=2)[0])
+
+    def test_hello_timeout(self):
+        harness = Harness(self, hello_timeout=3.0)
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO[:20])
+        harness.reactor.advance(3)
+        self.assertTrue(client.write_closed)
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.HELLO_TIMEOUT, "hello timeout: no complete ClientHello within 3s"))
+
+    def test_max_hello_bytes(self):
+        harness = Harness(self, max_hello_bytes=512)
+        connection, client = harness.accept()
+        big = build_client_hello([sni_extension(["shop.example.com"]), (21, bytes(1000))])
+        connection.dataReceived(big)
+        self.assertEqual(client.value(), alert(alerts.ILLEGAL_PARAMETER))
+
+    def test_routing_timeout(self):
+        harness = Harness(self, Source({"shop.example.com": Deferred()}), routing_timeout=2.0)
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        self.assertTrue(client.producerState == "paused")
+        harness.reactor.advance(2)
+        self.assertEqual(client.value(), alert(alerts.INTERNAL_ERROR))
+        client.lose()
+        self.assertEqual(harness.records[0].reason, "routing failed: no routing answer within 2s")
+
+    def test_max_pending_per_name(self):
+        harness = Harness(self, Source({"shop.example.com": None}), max_pending_per_name=1)
+        pending: list[Deferred] = []
+        harness.source.resolve = lambda name: pending.append(Deferred()) or pending[-1]
+        first, _ = harness.accept(port=1)
+        first.dataReceived(HELLO)
+        second, client = harness.accept(port=2)
+        second.dataReceived(HELLO)
+        self.assertEqual(client.value(), alert(alerts.INTERNAL_ERROR))
+        self.assertEqual(second.reason, "routing failed: 1 connections already wait for this name's route")
+
+    def test_connect_timeout(self):
+        harness = Harness(self, connect_timeout=4.0)
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        harness.reactor.advance(4)
+        self.assertEqual(client.value(), alert(alerts.INTERNAL_ERROR))
+        self.assertEqual(connection.reason, "backend unreachable: 127.0.0.1:9443: timed out")
+
+    def test_idle_timeout(self):
+        harness = Harness(self, idle_timeout=30.0)
+        connection, client, backend = harness.relayed()
+        harness.reactor.advance(29)
+        connection.dataReceived(b"tick")
+        harness.reactor.advance(29)
+        self.assertFalse(client.disconnected)
+        harness.reactor.advance(2)
+        self.assertTrue(client.disconnected)
+        self.assertTrue(backend.disconnected)
+        client.lose()
+        backend.lose()
+        self.assertEqual(harness.records[0].reason, "idle timeout")
+
+
+class LeavingTests(SynchronousTestCase):
+    """A client leaving in each state is recorded once and leaves nothing behind."""
+
+    def assertClean(self, harness):
+        self.assertEqual(harness.factory.connections, set())
+        self.assertEqual(harness.factory._per_client, {})
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+
+    def test_before_any_byte(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.CLIENT_CLOSED, "before the ClientHello was complete"))
+        self.assertClean(harness)
+
+    def test_half_way_through_the_hello(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO[:30])
+        connection.readConnectionLost()
+        self.assertTrue(client.disconnecting)
+        client.lose()
+        self.assertEqual(harness.records[0].reason, "before the ClientHello was complete")
+        self.assertClean(harness)
+
+    def test_while_routing(self):
+        answer: Deferred = Deferred()
+        harness = Harness(self, Source({"shop.example.com": answer}))
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.CLIENT_CLOSED, "while routing"))
+        self.assertTrue(answer.called)  # cancelled
+        self.assertEqual(harness.router.pending, {})
+        self.assertClean(harness)
+
+    def test_while_connecting(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        client.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome, record.reason), (Outcome.CLIENT_CLOSED, "while connecting"))
+        self.assertEqual(record.source, "static")
+        self.assertClean(harness)
+
+    def test_while_relaying(self):
+        harness = Harness(self)
+        connection, client, backend = harness.relayed()
+        client.lose()
+        self.assertTrue(backend.disconnecting)
+        backend.lose()
+        self.assertEqual(harness.records[0].reason, "client closed")
+        self.assertClean(harness)
+
+    def test_backend_reset_while_relaying(self):
+        harness = Harness(self)
+        connection, client, backend = harness.relayed()
+        backend.lose(ConnectionLost)
+        self.assertTrue(client.disconnecting)
+        client.lose()
+        self.assertEqual(harness.records[0].reason, "backend reset")
+        self.assertClean(harness)
+
+    def test_during_the_linger(self):
+        harness = Harness(self, Source({}))
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        client.lose()
+        self.assertEqual(len(harness.records), 1)
+        self.assertClean(harness)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_drain_with_nothing_open(self):
+        harness = Harness(self)
+        self.successResultOf(harness.factory.drain(5))
+
+    def test_drain_waits_then_closes_what_is_left(self):
+        harness = Harness(self)
+        relayed, client, backend = harness.relayed(port=1)
+        waiting, waiting_client = harness.accept(port=2)
+        d = harness.factory.drain(10)
+        self.assertNoResult(d)
+        waiting_client.lose()
+        self.assertNoResult(d)
+        harness.reactor.advance(10)
+        self.assertTrue(client.disconnected and backend.disconnected)
+        self.assertNoResult(d)
+        client.lose()
+        backend.lose()
+        self.successResultOf(d)
+        self.assertEqual(harness.records[-1].reason, "shutdown")
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+
+    def test_drain_ends_early_when_the_last_one_closes(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        d = harness.factory.drain(10)
+        client.lose()
+        self.successResultOf(d)
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+
+    def test_abort_before_relaying_is_shutdown(self):
+        harness = Harness(self)
+        connection, client = harness.accept()
+        harness.factory.drain(1)
+        harness.reactor.advance(1)
+        self.assertTrue(client.disconnected)
+        client.lose()
+        self.assertEqual(harness.records[0].outcome, Outcome.SHUTDOWN)
+
+
+class ReconfigureTests(SynchronousTestCase):
+    def test_new_connections_get_the_new_router_live_ones_keep_theirs(self):
+        harness = Harness(self)
+        connection, client = harness.accept(port=1)
+        other = Source({"shop.example.com": None})
+        harness.factory.reconfigure(
+            ProxyConfig(listen=("tcp:8443",), hello_timeout=1.0), Router(other, harness.reactor)
+        )
+        connection.dataReceived(HELLO)
+        self.assertEqual(harness.source.asked, ["shop.example.com"])
+        self.assertEqual(other.asked, [])
+        fresh, fresh_client = harness.accept(port=2)
+        self.assertEqual(fresh.settings.hello_timeout, 1.0)
+        fresh.dataReceived(HELLO)
+        self.assertEqual(other.asked, ["shop.example.com"])
+        self.assertEqual(fresh_client.value(), alert(alerts.UNRECOGNIZED_NAME))
+
+    def test_limits_take_effect_at_once(self):
+        harness = Harness(self)
+        harness.accept(port=1)
+        harness.factory.reconfigure(ProxyConfig(listen=("tcp:8443",), max_connections=1), harness.router)
+        self.assertEqual(harness.accept(port=2), (None, None))
+
+    def test_trusted_networks_follow_the_reload(self):
+        harness = Harness(self)
+        harness.factory.reconfigure(ProxyConfig(listen=("tcp:8443",), accept_proxy_from=("127.0.0.0/8",)), harness.router)
+        connection, client = harness.accept()
+        self.assertEqual(connection.inbound, b"")

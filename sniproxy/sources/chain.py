@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from sniproxy.deferreds import PENDING, peek
 from sniproxy.interfaces import IResolver, Route
 
 __all__ = ["FallbackChain"]
@@ -31,9 +32,10 @@ class FallbackChain:
         # answers are already there.
         for index, source in enumerate(self.sources):
             d = source.resolve(server_name)
-            if not d.called:
+            result = peek(d)
+            if result is PENDING:
                 return Deferred.fromCoroutine(self._resolve(server_name, d, index + 1))
-            if d.result is not None:
+            if result is not None:
                 return d  # a route, or a failure that stops the chain
         return succeed(None)
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -63,7 +64,7 @@ class ResolverThreads:
         waiting for a thread).
     """
 
-    def __init__(self, reactor: Any, size: int, name: str = "sniproxy-getaddrinfo") -> None:
+    def __init__(self, reactor: IReactorThreads | None, size: int, name: str = "sniproxy-getaddrinfo") -> None:
         """
         @param reactor: the reactor results are delivered in.
         """
@@ -134,7 +135,7 @@ class SystemResolver:
         self,
         config: SystemConfig,
         threads: ResolverThreads,
-        clock: Any,
+        clock: IReactorTime,
         getaddrinfo: Callable[..., list[tuple[Any, ...]]] | None = None,
     ) -> None:
         """

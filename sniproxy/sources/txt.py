@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from sniproxy.apps import AppRegistry
 from sniproxy.config import TXTConfig
+from sniproxy.deferreds import PENDING, peek
 from sniproxy.dns.cache import describe_error
 from sniproxy.hostnames import show
 from sniproxy.interfaces import IResolver, Route, RouteRefused, RoutingError
@@ -145,9 +146,9 @@ class TXTResolver:
             if len(owner) > 254:
                 break
             d = self.dns.query(owner, dns.TXT)
-            if not d.called or isinstance(d.result, Failure):
+            answer = peek(d)
+            if answer is PENDING or isinstance(answer, Failure):
                 return Deferred.fromCoroutine(self._resolve(server_name, owners[index:], d, trace))
-            answer = d.result
             trace.append(_trace(owner, answer))
             decision = self._decide(server_name, owner, answer)
             if decision is not None:
@@ -186,8 +187,9 @@ class TXTResolver:
         if decision.error:
             return fail((RouteRefused if decision.refused else RoutingError)(decision.error))
         backends = self.apps.backends(decision.app, decision.port)
-        if backends.called and type(backends.result) is tuple:
-            return succeed(self._route(decision, answer, trace, backends.result))
+        resolved = peek(backends)
+        if type(resolved) is tuple:
+            return succeed(self._route(decision, answer, trace, resolved))
         return backends.addCallback(lambda resolved: self._route(decision, answer, trace, resolved))
 
     def _route(self, decision: _Decision, answer, trace: tuple[str, ...], backends) -> Route:

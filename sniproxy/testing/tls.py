@@ -153,7 +153,33 @@ def listen_https(reactor, issued: Issued, body: bytes, port: int = 0):
     """
     site = Site(_Body(body))
     site.noisy = False
-    return listen_tls(reactor, issued, site, port)
+    # ALPN from the options, set once on the context, not from the Site:
+    # Twisted before 26 sets a factory's acceptableProtocols on the shared
+    # context at every connection, which pyOpenSSL 25 and later refuse once
+    # the context has been used.
+    certificate = issued.private_certificate()
+    options = ssl.CertificateOptions(
+        privateKey=certificate.privateKey.original, certificate=certificate.original, acceptableProtocols=[b"http/1.1"]
+    )
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, options, interface="127.0.0.1")
+    return endpoint.listen(_NoNegotiation(site))
+
+
+class _NoNegotiation(Factory):
+    """C{factory}'s protocols, without its own ALPN list (see L{listen_https})."""
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+        self.noisy = False
+
+    def buildProtocol(self, addr):
+        return self.factory.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
 
 
 @implementer(IAgentEndpointFactory)

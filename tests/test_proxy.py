@@ -231,18 +231,20 @@ class PortableRelayTests(TestCase):
         self.addCleanup(lambda: sampler.running and sampler.stop())
         relays = []
         original = service.factory.closed
+        recorded: Deferred[None] = Deferred()
 
         def closed(connection):
             relays.append(connection.relay)
             original(connection)
 
         service.factory.closed = closed
+        service.factory.record_observers.append(lambda record: recorded.called or recorded.callback(None))
 
         client = SlowSink(up)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         yield client.done
         yield backends[0].done
-        yield deferLater(reactor, 0.05, lambda: None)
+        yield recorded  # the proxy has seen both sides go
         sampler.stop()
 
         self.assertEqual(backends[0].received, len(up))
@@ -373,14 +375,17 @@ class HelloTimeoutTests(TestCase):
         """
         clock = Clock()
         events = capture_logs(self)
-        _, port = running_proxy(self, "[proxy]\nhello_timeout = 3.0\n", clock=clock)
+        service, port = running_proxy(self, "[proxy]\nhello_timeout = 3.0\n", clock=clock)
         client = Collect()
         protocol = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         protocol.transport.write(make_client_hello("slow.example.com")[:40])
-        yield deferLater(reactor, 0.05, lambda: None)
+        # Wait (on the real reactor) until the proxy holds the 40 bytes.
+        while not any(c.parser is not None and c.parser.buffered for c in service.factory.connections):
+            yield deferLater(reactor, 0.005, lambda: None)
+        [connection] = service.factory.connections
         clock.advance(2.9)
-        yield deferLater(reactor, 0.05, lambda: None)
-        self.assertFalse(client.done.called, "closed before the timeout")
+        self.assertIsNone(connection.outcome, "closed before the timeout")
+        self.assertTrue(connection.transport.connected)
         clock.advance(0.2)
         received = yield client.done
         self.assertEqual(received, b"")

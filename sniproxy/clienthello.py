@@ -35,6 +35,7 @@ __all__ = [
     "ClientHelloError",
     "ClientHelloParser",
     "HelloTooLarge",
+    "IllegalParameter",
     "InvalidServerName",
     "MalformedHello",
     "NotTLS",
@@ -49,6 +50,7 @@ MAX_RECORD = 1 << 14
 
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
+EXT_PRE_SHARED_KEY = 41
 EXT_SUPPORTED_VERSIONS = 43
 EXT_ENCRYPTED_CLIENT_HELLO = 0xFE0D
 
@@ -88,6 +90,16 @@ class MalformedHello(ClientHelloError):
     """
 
     alert = DECODE_ERROR
+
+
+class IllegalParameter(ClientHelloError):
+    """
+    A well-framed ClientHello breaking a rule for which RFC 8446 names the
+    alert C{illegal_parameter} (a C{pre_shared_key} extension that is not
+    the last one, RFC 8446 4.2.11).
+    """
+
+    alert = ILLEGAL_PARAMETER
 
 
 class HelloTooLarge(ClientHelloError):
@@ -234,7 +246,15 @@ def _parse_hello(buf: bytes | bytearray, start: int, max_size: int, record_versi
         raise MalformedHello("compression_methods is empty")
     if pos + n > end:
         raise _overflow("compression_methods", n, end - pos)
+    methods = pos
     pos += n
+    if pos < end and pos + 2 > end:
+        raise MalformedHello("1 byte of junk after compression_methods")
+    while len(buf) < pos:
+        yield
+    # RFC 5246 7.4.1.2 and RFC 8446 4.1.2: the list always holds null (0).
+    if buf.find(0, methods, pos) < 0:
+        raise MalformedHello("compression_methods lacks null (0)")
 
     # extensions<0..2^16-1>, absent only when nothing follows.
     server_name: str | None = None
@@ -242,8 +262,6 @@ def _parse_hello(buf: bytes | bytearray, start: int, max_size: int, record_versi
     versions: tuple[int, ...] = ()
     ech = False
     if pos < end:
-        if pos + 2 > end:
-            raise MalformedHello("1 byte of junk after compression_methods")
         while len(buf) < pos + 2:
             yield
         n = buf[pos] << 8 | buf[pos + 1]
@@ -265,6 +283,9 @@ def _parse_hello(buf: bytes | bytearray, start: int, max_size: int, record_versi
             if kind in seen:
                 raise MalformedHello("duplicate extension %d" % (kind,))
             seen.add(kind)
+            # RFC 8446 4.2.11: pre_shared_key comes last, or illegal_parameter.
+            if kind == EXT_PRE_SHARED_KEY and pos + n != end:
+                raise IllegalParameter("pre_shared_key is not the last extension")
             if kind == EXT_SERVER_NAME:
                 server_name = yield from _server_name(buf, pos, pos + n)
             elif kind == EXT_ALPN:
@@ -286,10 +307,10 @@ def _server_name(buf: bytes | bytearray, pos: int, end: int) -> Generator[None, 
     RFC 6066 3: ServerNameList<1..2^16-1> of (name_type(1), opaque<1..2^16-1>).
 
     Entries of unknown name types are skipped (RFC 6066 gives every type a
-    16-bit length so that they can be), the first host_name is the name,
-    later ones are only checked for framing; a list without a host_name is
-    malformed.  (OpenSSL and Go refuse more than one host_name; the backend
-    will, so routing by the first cannot disagree with it.)
+    16-bit length so that they can be); the host_name is the name.  The list
+    "MUST NOT contain more than one name of the same name_type": a second
+    one of any type is malformed (OpenSSL answers a second host_name with
+    decode_error), and so is a list without a host_name.
     """
     if pos + 2 > end:
         raise MalformedHello("server_name extension of %d bytes" % (end - pos,))
@@ -302,6 +323,7 @@ def _server_name(buf: bytes | bytearray, pos: int, end: int) -> Generator[None, 
     if pos + n != end:
         raise _overflow("server_name_list", n, end - pos)
     name: str | None = None
+    kinds = 0  # a bit per name_type seen
     while pos < end:
         if pos + 3 > end:
             raise MalformedHello("truncated server_name entry")
@@ -312,7 +334,10 @@ def _server_name(buf: bytes | bytearray, pos: int, end: int) -> Generator[None, 
         pos += 3
         if pos + n > end:
             raise _overflow("server name", n, end - pos)
-        if kind == _HOST_NAME and name is None:
+        if kinds >> kind & 1:
+            raise MalformedHello("server_name_list has two names of type %d" % (kind,))
+        kinds |= 1 << kind
+        if kind == _HOST_NAME:
             if n == 0:
                 raise MalformedHello("empty host_name")
             while len(buf) < pos + n:

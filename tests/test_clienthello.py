@@ -444,8 +444,8 @@ class MalformedTests(SynchronousTestCase):
         self.assertMalformed(hello, self.EXT + 5, "no host_name")
 
     def test_sni_other_name_type_skipped(self) -> None:
-        """Entries of unknown types are skipped; the first host_name wins."""
-        hello = build_client_hello([sni_extension([(7, b"\x00\x01zz"), "First.example", "second.example"])])
+        """Entries of unknown types are skipped; the host_name is the name."""
+        hello = build_client_hello([sni_extension([(7, b"\x00\x01zz"), "First.example", (9, b"")])])
         result = ClientHelloParser().feed(hello)
         assert result is not None
         self.assertEqual(result.server_name, "first.example")

@@ -593,7 +593,10 @@ def hellos(draw: st.DrawFn):
     record_version = draw(st.sampled_from([0x0300, 0x0301, 0x0302, 0x0303]))
     session_id = draw(st.binary(max_size=32))
     suites = draw(st.lists(st.integers(min_value=0, max_value=0xFFFF), min_size=1, max_size=30))
-    compression = draw(st.binary(min_size=1, max_size=4))
+    # Any methods, null among them (a hello without null is malformed).
+    others = draw(st.binary(max_size=3))
+    at = draw(st.integers(min_value=0, max_value=len(others)))
+    compression = others[:at] + b"\x00" + others[at:]
     record_size = draw(st.integers(min_value=1, max_value=1 << 14))
     stream = build_client_hello(
         None if no_extensions else extensions,

@@ -40,3 +40,35 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as caught:
             options.parseOptions(["--config", path])
         self.assertIn(path, str(caught.exception))
+
+
+class UnderTwistdTests(SynchronousTestCase):
+    """Under twistd (the options have a parent), a bad config exits 1 on every Twisted."""
+
+    def test_bad_config_prints_usage_and_the_line_then_exits_1(self):
+        import io
+        import sys
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[proxy]\nconnect_timeout = -1\n")
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "argv", ["twistd", "-n", "sniproxy"])
+        options = Options()
+        options.parent = "Usage: twistd [options]"
+        with self.assertRaises(SystemExit) as caught:
+            options.parseOptions(["--config", path])
+        self.assertEqual(caught.exception.code, 1)
+        self.assertEqual(
+            out.getvalue().splitlines(),
+            ["Usage: twistd [options]", "twistd -n: config: proxy.connect_timeout: must be above 0, got -1"],
+        )
+
+    def test_access_log_that_cannot_be_opened_stops_the_start(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[log]\naccess = "/nonexistent-dir/sniproxy/access.log"\n')
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions(["--config", path])
+        self.assertTrue(str(caught.exception).startswith("config: log.access: cannot open"), str(caught.exception))

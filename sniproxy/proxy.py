@@ -323,7 +323,7 @@ class ClientConnection(Protocol):
             client=self.client_ip,
             peer=self.client,
             sni=hello.server_name if hello is not None else None,
-            alpn=tuple(p.decode("latin-1") for p in hello.alpn) if hello is not None else (),
+            alpn=tuple([p.decode("latin-1") for p in hello.alpn]) if hello is not None and hello.alpn else (),
             ech=hello.ech if hello is not None else False,
             outcome=self.outcome or Outcome.CLIENT_CLOSED,
             reason=self.reason,
@@ -527,7 +527,12 @@ class ProxyFactory(Factory):
         if observers:
             record = connection.record(ended)
             for observer in observers:
-                observer(record)
+                try:
+                    observer(record)
+                except Exception:
+                    # One broken consumer must not starve the others, nor
+                    # leave a drain waiting.
+                    log.failure("record observer {observer!r} failed", observer=observer)
         if not self.connections:
             self._stop_sweeping()
             if self._drained:

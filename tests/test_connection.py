@@ -707,3 +707,22 @@ class ReconfigureTests(SynchronousTestCase):
         harness.factory.reconfigure(ProxyConfig(listen=("tcp:8443",), accept_proxy_from=("127.0.0.0/8",)), harness.router)
         connection, client = harness.accept()
         self.assertEqual(connection.inbound, b"")
+
+
+class ObserverTests(SynchronousTestCase):
+    def test_a_failing_observer_does_not_stop_the_others(self):
+        harness = Harness(self)
+
+        def broken(record):
+            raise RuntimeError("observer bug")
+
+        later: list[ConnectionRecord] = []
+        harness.factory.record_observers[:0] = [broken]
+        harness.factory.record_observers.append(later.append)
+        connection, client = harness.accept()
+        d = harness.factory.drain(5)
+        client.lose()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(later), 1)
+        self.assertEqual(len(harness.records), 1)
+        self.successResultOf(d)

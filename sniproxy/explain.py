@@ -195,11 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
 
     async def run(reactor) -> None:
-        from sniproxy.dns.cache import CachingResolver
+        from sniproxy.dns import build_dns
         from sniproxy.service import build_router
         from sniproxy.sources.system import ResolverThreads
 
-        resolver = CachingResolver.from_config(config.dns, reactor)
+        resolver = build_dns(config.dns, reactor)
         threads = ResolverThreads(reactor, config.routing.system.threads)
         threads.start()
         try:

@@ -20,6 +20,7 @@ from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.admin import admin_site
 from sniproxy.apps import AppRegistry
 from sniproxy.config import Config, ConfigError, load_config
+from sniproxy.dns import build_dns, reconfigure_dns
 from sniproxy.dns.cache import CachingResolver
 from sniproxy.dns.service import DNSService
 from sniproxy.interfaces import Address, Route
@@ -146,12 +147,19 @@ class ProxyService(MultiService):
         self.clock = clock if clock is not None else reactor
         self.config = config
         self.handle_signals = handle_signals
-        self.dns = CachingResolver.from_config(config.dns, reactor, self.clock)
+        self.dns = build_dns(config.dns, reactor, self.clock)
         # For the life of the process, like the DNS cache: a reload builds
         # new sources over the same threads (routing.system.threads takes
         # effect at the next start).
         self.resolver_threads = ResolverThreads(reactor, config.routing.system.threads)
-        DNSService(self.dns, warm_names(config)).setServiceParent(self)
+        self.dns_service = DNSService(
+            self.dns,
+            warm_names(config),
+            cache_file=config.dns.cache_file,
+            save_interval=config.dns.cache_save_interval,
+            clock=self.clock,
+        )
+        self.dns_service.setServiceParent(self)
         self.access_log = AccessLog(config.log.access)
         self.factory = ProxyFactory(
             config.proxy, build_router(config, self.clock, self.dns, self.resolver_threads), reactor, self.clock, self.access_log
@@ -277,13 +285,11 @@ class ProxyService(MultiService):
         old, self.config = self.config, config
         self.factory.reconfigure(config.proxy, router)
         self._close_old_ports(config, opened)
-        changed = [
-            name
-            for name in config.dns.__dataclass_fields__
-            if name != "prefetch" and getattr(config.dns, name) != getattr(old.dns, name)
-        ]
+        # [dns] applies now, to the same cache (entries kept).
+        changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
+        self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
         if changed:
-            log.warn("reload: [dns] {keys} take effect at the next restart", keys=", ".join(changed))
+            log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
         self.access_log.path = config.log.access
         self.access_log.reopen()
         self.dns.prefetch(warm_names(config))

@@ -34,6 +34,14 @@ How it answers a query for (name, type):
 Every query received, answered or not, is logged (L{log}, L{queries_for},
 L{wait_for_queries}).
 
+L{DNSServer.forward_to} turns a server into a I{caching forwarder} in front
+of another (an authority), the way Unbound or systemd-resolved sit between
+sniproxy and the authority: a miss asks the authority (through its
+answering code, logged in its log, held back by its delays, on C{clock}),
+the answer is kept until its smallest TTL runs out, and every answer is
+non-authoritative (AA clear) with each record's I{remaining} TTL, rounded
+down to whole seconds, as Unbound serves them.
+
 Run C{python -m sniproxy.testing.dns --records FILE} to serve a JSON file of
 records from a child process (see L{DNSServer.load} for the format); with
 C{--control} it also takes commands on standard input, one a line, each
@@ -46,6 +54,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -89,6 +98,18 @@ class QueryRecord:
     type: int
     protocol: str
     time: float
+
+
+class _Copy:
+    """A caching forwarder's copy of the authority's answer."""
+
+    __slots__ = ("response", "fetched", "expires")
+
+    def __init__(self, response: dns.Message, fetched: float) -> None:
+        self.response = response
+        self.fetched = fetched
+        ttls = [r.ttl for r in (*response.answers, *response.authority)]
+        self.expires = fetched + (min(ttls) if ttls else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +204,10 @@ class DNSServer:
         self._closed: list[defer.Deferred[None]] = []
         self._udp: Any = None
         self._tcp: Any = None
+        self._authority: DNSServer | None = None
+        self._forward_aa = False
+        self._copies: dict[tuple[str, int], _Copy] = {}
+        self._fetching: dict[tuple[str, int], list[tuple[dns.Message, Any, Any]]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -320,6 +345,28 @@ class DNSServer:
         """Forget a zone: negative answers for its names carry no SOA."""
         self._zones.pop(_normal(zone), None)
 
+    def forward_to(self, authority: DNSServer | None, *, authoritative: bool = False) -> None:
+        """
+        Answer as a caching forwarder in front of C{authority} (see the
+        module docstring); C{None} makes this server authoritative again.
+        The copies start empty.
+
+        @param authoritative: set AA on the decayed answers anyway (a
+            caching server that claims authority).
+        """
+        self._authority = authority
+        self._forward_aa = authoritative
+        self._copies.clear()
+
+    @property
+    def held(self) -> int:
+        """How many answers are being held back (by a delay) now."""
+        return sum(1 for call in self._sends if call.active())
+
+    def flush(self) -> None:
+        """Forget the caching forwarder's copies (a restarted Unbound)."""
+        self._copies.clear()
+
     def set_rcode(self, name: str, rcode: int | None) -> None:
         """
         Answer every query for C{name} with C{rcode} (C{dns.ESERVER},
@@ -444,8 +491,13 @@ class DNSServer:
             self._waiters[:0] = [w for w in waiting if not self._check(w)]
 
     def _respond(self, message: dns.Message, name: str, type: int, protocol: Any, address: Any) -> None:
+        if self._authority is not None and name not in self._rcodes:
+            self._forward(message, name, type, protocol, address)
+            return
+        self._deliver(self._answer(message, name, type), name, protocol, address, self._delays.get(name, self.delay))
+
+    def _deliver(self, response: dns.Message, name: str, protocol: Any, address: Any, delay: float) -> None:
         tcp = address is None
-        response = self._answer(message, name, type)
         # dns.Message truncates to maxSize (512 by default) and sets TC; over
         # TCP that would make the client retry forever.
         response.maxSize = 0
@@ -456,12 +508,67 @@ class DNSServer:
             else:
                 # Message.encode cuts the answer to this size and sets TC.
                 response.maxSize = UDP_PAYLOAD_SIZE
-        delay = self._delays.get(name, self.delay)
         if delay > 0:
             call = self._clock.callLater(delay, self._sendLater, protocol, response, address)
             self._sends.add(call)
         else:
             self._send(protocol, response, address)
+
+    # ------------------------------------------------------------ forwarding
+
+    def _forward(self, message: dns.Message, name: str, type: int, protocol: Any, address: Any) -> None:
+        key = (name, type)
+        now = self._clock.seconds()
+        copy = self._copies.get(key)
+        if copy is not None and now < copy.expires:
+            self._deliver(self._decayed(message, copy, now), name, protocol, address, self.delay)
+            return
+        waiting = self._fetching.get(key)
+        if waiting is not None:
+            waiting.append((message, protocol, address))
+            return
+        self._fetching[key] = [(message, protocol, address)]
+        authority = self._authority
+        assert authority is not None
+        authority.log.append(QueryRecord(name, type, "udp", now))
+        delay = authority._delays.get(name, authority.delay)
+        if delay > 0:
+            call = self._clock.callLater(delay, self._fetched, key, message)
+            self._sends.add(call)
+        else:
+            self._fetched(key, message)
+
+    def _fetched(self, key: tuple[str, int], message: dns.Message) -> None:
+        self._sends = {call for call in self._sends if call.active()}
+        authority = self._authority
+        waiting = self._fetching.pop(key, [])
+        if authority is None:
+            return
+        query = dns.Message(id=message.id, recDes=1)
+        query.queries = [dns.Query(key[0], key[1])]
+        copy = _Copy(authority._answer(query, key[0], key[1]), self._clock.seconds())
+        self._copies[key] = copy
+        for asked, protocol, address in waiting:
+            self._deliver(self._decayed(asked, copy, copy.fetched), key[0], protocol, address, self.delay)
+
+    def _decayed(self, message: dns.Message, copy: _Copy, now: float) -> dns.Message:
+        """The copy as a caching resolver serves it: AA clear, TTLs left."""
+        original = copy.response
+        response = dns.Message(id=message.id, answer=1, opCode=message.opCode, recDes=message.recDes, recAv=1, auth=int(self._forward_aa))
+        response.rCode = original.rCode
+        response.queries = list(message.queries)
+        age = now - copy.fetched
+
+        def left(records: list[dns.RRHeader]) -> list[dns.RRHeader]:
+            return [
+                dns.RRHeader(r.name.name, r.type, r.cls, max(0, math.floor(r.ttl - age + 1e-9)), r.payload, auth=self._forward_aa)
+                for r in records
+            ]
+
+        response.answers = left(original.answers)
+        response.authority = left(original.authority)
+        response.additional = left(original.additional)
+        return response
 
     def _sendLater(self, protocol: Any, response: dns.Message, address: Any) -> None:
         self._sends = {call for call in self._sends if call.active()}

@@ -571,10 +571,13 @@ class CachingResolver(common.ResolverBase):
         """
         Ask C{upstream} from now on.  Queries in flight on the old one
         finish there; it is stopped once the cache is idle (or at L{stop}).
+        Failure back-offs are forgotten.
         """
         old, self.upstream = self.upstream, upstream
         if old is upstream:
             return
+        # Back-offs were earned by the old servers.
+        self._backoff.clear()
         self._retired.append(old)
         self.when_idle().addCallback(lambda _: self._stop_retired())
 

@@ -710,9 +710,12 @@ class CachingResolver(common.ResolverBase):
         floor = entry.fetched + self._min_refresh
         if planned or not entry.auth or entry.decays:
             # A caching upstream's copy: asking before it expires there
-            # gets the same copy back, with a smaller TTL.
+            # gets the same copy back, with a smaller TTL.  Its TTLs are
+            # rounded down to whole seconds, so that copy outlives ours by
+            # up to a second; caches that count whole seconds (Unbound,
+            # BIND) drop it at the turn of a second.  Ask just after that.
             entry.planned = True
-            entry.refresh = max(entry.expires, floor)
+            entry.refresh = max(math.floor(entry.expires) + 1.0, floor)
         elif self._refresh_ahead > 0:
             entry.refresh = entry.fetched + ttl * (1 - self._refresh_ahead)
             entry.planned = entry.refresh < floor
@@ -885,10 +888,11 @@ class CachingResolver(common.ResolverBase):
             entry.hits = old.hits
             if old.generation != self._generation:
                 self._schedule(old)
-            if entry.expires <= old.expires + 1e-6 and now < old.expires:
-                # A refresh that expires no later than what it refreshed:
-                # the upstream handed back its own (decayed) copy.  Keep
-                # the old expiry, and refresh only after it, from now on.
+            if now < old.expires and raw < old.raw_ttl and entry.expires < old.expires + 1.0:
+                # A refresh that expires no later than what it refreshed
+                # (give or take the rounding to whole seconds): the
+                # upstream handed back its own, decayed, copy.  Keep the
+                # old expiry, and refresh only after it, from now on.
                 entry.decays = True
             elif old.decays:
                 entry.decays = True
@@ -896,7 +900,7 @@ class CachingResolver(common.ResolverBase):
                 self._schedule(entry, planned=True)
                 if old.expires > entry.expires:
                     entry.expires = old.expires
-                    entry.refresh = max(entry.refresh, old.expires)
+                    entry.refresh = max(entry.refresh, math.floor(old.expires) + 1.0)
         self._backoff.pop(key, None)
         if self._keeps(entry):
             entries[key] = entry

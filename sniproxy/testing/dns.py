@@ -40,7 +40,8 @@ sniproxy and the authority: a miss asks the authority (through its
 answering code, logged in its log, held back by its delays, on C{clock}),
 the answer is kept until its smallest TTL runs out, and every answer is
 non-authoritative (AA clear) with each record's I{remaining} TTL, rounded
-down to whole seconds, as Unbound serves them.
+down to whole seconds, as Unbound serves them (Unbound's clock counts
+whole seconds: see L{_Copy}).
 
 Run C{python -m sniproxy.testing.dns --records FILE} to serve a JSON file of
 records from a child process (see L{DNSServer.load} for the format); with
@@ -101,15 +102,24 @@ class QueryRecord:
 
 
 class _Copy:
-    """A caching forwarder's copy of the authority's answer."""
+    """
+    A caching forwarder's copy of the authority's answer, kept as Unbound
+    keeps one: on a clock of whole seconds.  Fetched at time C{f}, a record
+    with TTL C{t} is served with TTL C{floor(f) + t - floor(now)}, and the
+    copy is dropped once C{floor(now)} passes C{floor(f)} plus its smallest
+    TTL (so a TTL 0 answer is reused until the turn of the second).
+    """
 
     __slots__ = ("response", "fetched", "expires")
 
     def __init__(self, response: dns.Message, fetched: float) -> None:
         self.response = response
-        self.fetched = fetched
+        self.fetched = math.floor(fetched + 1e-9)
         ttls = [r.ttl for r in (*response.answers, *response.authority)]
-        self.expires = fetched + (min(ttls) if ttls else 0)
+        self.expires = self.fetched + (min(ttls) if ttls else 0)
+
+    def valid(self, now: float) -> bool:
+        return math.floor(now + 1e-9) <= self.expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +530,7 @@ class DNSServer:
         key = (name, type)
         now = self._clock.seconds()
         copy = self._copies.get(key)
-        if copy is not None and now < copy.expires:
+        if copy is not None and copy.valid(now):
             self._deliver(self._decayed(message, copy, now), name, protocol, address, self.delay)
             return
         waiting = self._fetching.get(key)
@@ -549,7 +559,7 @@ class DNSServer:
         copy = _Copy(authority._answer(query, key[0], key[1]), self._clock.seconds())
         self._copies[key] = copy
         for asked, protocol, address in waiting:
-            self._deliver(self._decayed(asked, copy, copy.fetched), key[0], protocol, address, self.delay)
+            self._deliver(self._decayed(asked, copy, self._clock.seconds()), key[0], protocol, address, self.delay)
 
     def _decayed(self, message: dns.Message, copy: _Copy, now: float) -> dns.Message:
         """The copy as a caching resolver serves it: AA clear, TTLs left."""
@@ -557,11 +567,11 @@ class DNSServer:
         response = dns.Message(id=message.id, answer=1, opCode=message.opCode, recDes=message.recDes, recAv=1, auth=int(self._forward_aa))
         response.rCode = original.rCode
         response.queries = list(message.queries)
-        age = now - copy.fetched
+        age = math.floor(now + 1e-9) - copy.fetched
 
         def left(records: list[dns.RRHeader]) -> list[dns.RRHeader]:
             return [
-                dns.RRHeader(r.name.name, r.type, r.cls, max(0, math.floor(r.ttl - age + 1e-9)), r.payload, auth=self._forward_aa)
+                dns.RRHeader(r.name.name, r.type, r.cls, max(0, r.ttl - age), r.payload, auth=self._forward_aa)
                 for r in records
             ]
 

@@ -263,3 +263,27 @@ class ServiceTests(PersistTestCase):
         [warning] = self.warnings()
         self.assertIn(path, warning)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ExplainTests(PersistTestCase):
+    @defer.inlineCallbacks
+    def test_explain_shows_file_entries(self) -> None:
+        """C{explain} says which DNS answers came from the cache file."""
+        import tomllib
+
+        from sniproxy.config import parse_config
+        from sniproxy.explain import explain, render
+        from sniproxy.service import build_router
+
+        self.server.add_txt("_dstack-app-address.shop.test", "myapp:443", ttl=60)
+        cache = self.cache()
+        yield cache.query("_dstack-app-address.shop.test", dns.TXT)
+        save_cache(cache, self.path, self.clock.seconds())
+        fresh = self.cache()
+        load_cache(fresh, self.path, 100)
+        config = parse_config(
+            tomllib.loads('[routing]\nsources = ["txt"]\n[apps.myapp]\nbackends = ["127.0.0.1:8443"]\n')
+        )
+        result = yield explain(lambda dns_: build_router(config, self.clock, dns_), fresh, "shop.test")
+        self.assertEqual([(n["state"], n["origin"]) for n in result["dns"]], [("hit", "file")])
+        self.assertIn("[hit, from the cache file, 60s left]", render(result))

@@ -20,7 +20,7 @@ from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.admin import admin_site
 from sniproxy.apps import AppRegistry
 from sniproxy.config import Config, ConfigError, load_config
-from sniproxy.dns import build_dns, reconfigure_dns
+from sniproxy.dns import build_dns, reconfigure_dns, with_dns_cache_file
 from sniproxy.dns.cache import CachingResolver
 from sniproxy.dns.service import DNSService
 from sniproxy.interfaces import Address, Route
@@ -139,8 +139,16 @@ class ProxyService(MultiService):
     @ivar dns: the process's one caching DNS resolver.
     """
 
-    def __init__(self, config: Config, reactor=None, clock=None, handle_signals: bool = False) -> None:
+    def __init__(
+        self, config: Config, reactor=None, clock=None, handle_signals: bool = False, dns_cache_file: str | None = None
+    ) -> None:
+        """
+        @param dns_cache_file: overrides C{dns.cache_file}, at start and at
+            every reload (twistd's C{--dns-cache-file}).
+        """
         super().__init__()
+        self.dns_cache_file = dns_cache_file
+        config = with_dns_cache_file(config, dns_cache_file)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -270,7 +278,7 @@ class ProxyService(MultiService):
         """
         path = self.config.path
         try:
-            config = load_config(path)
+            config = with_dns_cache_file(load_config(path), self.dns_cache_file)
             problem = cannot_open(config.log.access)
             if problem is not None:
                 raise ConfigError("log.access", problem)

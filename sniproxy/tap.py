@@ -9,6 +9,7 @@ import sys
 from twisted.python import usage
 
 from sniproxy.config import ConfigError, load_config
+from sniproxy.dns import with_dns_cache_file
 from sniproxy.service import ProxyService, StartError
 
 __all__ = ["Options", "makeService"]
@@ -25,6 +26,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", DEFAULT_CONFIG, "Path to the TOML config file."],
+        ["dns-cache-file", None, None, "Save and load the DNS cache here (overrides [dns] cache_file; \"\" = off)."],
     ]
 
     def postOptions(self) -> None:
@@ -34,11 +36,13 @@ class Options(usage.Options):
             self.loaded = load_config(self["config"])
         except ConfigError as error:
             raise usage.UsageError(f"config: {error}") from None
+        if self["dns-cache-file"] is not None:
+            self.loaded = with_dns_cache_file(self.loaded, self["dns-cache-file"])
 
 
 def makeService(options: Options) -> ProxyService:
     _quiet_start_errors()
-    return ProxyService(options.loaded, handle_signals=True)
+    return ProxyService(options.loaded, handle_signals=True, dns_cache_file=options["dns-cache-file"])
 
 
 def _quiet_start_errors() -> None:

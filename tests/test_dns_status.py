@@ -186,3 +186,28 @@ class ReconfigureTests(StatusTestCase):
         reconfigure_dns(cache, new, new, self.network)
         self.assertIs(cache.upstream, same)
         self.assertEqual(len(cache), 1)
+
+
+class CacheFileOptionTests(TestCase):
+    """twistd's --dns-cache-file (what the shipped units pass) wins over the config, reloads included."""
+
+    def test_option_and_reload(self) -> defer.Deferred[Any]:
+        from sniproxy.config import load_config
+        from sniproxy.service import ProxyService
+        from sniproxy.tap import Options
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[proxy]\nlisten = ["tcp:0:interface=127.0.0.1"]\n[dns]\nservers = ["127.0.0.1:53"]\ncache_file = "/nonexistent/a.json"\n')
+        options = Options()
+        options.parseOptions(["--config", path, "--dns-cache-file", "/tmp/b.json"])
+        self.assertEqual(options.loaded.dns.cache_file, "/tmp/b.json")
+        plain = Options()
+        plain.parseOptions(["--config", path])
+        self.assertEqual(plain.loaded.dns.cache_file, "/nonexistent/a.json")
+        service = ProxyService(load_config(path), dns_cache_file="/tmp/b.json")
+        self.addCleanup(service.dns.stop)
+        self.assertEqual(service.dns_service.cache_file, "/tmp/b.json")
+        self.assertTrue(service.reload())
+        self.assertEqual((service.config.dns.cache_file, service.dns_service.cache_file), ("/tmp/b.json", "/tmp/b.json"))
+        return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in service.ports.values()])

@@ -7,11 +7,12 @@ new table to a running cache (a reload).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from sniproxy.config import DNSConfig
+from sniproxy.config import Config, DNSConfig
 from sniproxy.dns.cache import (
     Answer,
     CacheEntry,
@@ -38,6 +39,7 @@ __all__ = [
     "cache_settings",
     "parse_resolv_conf",
     "reconfigure_dns",
+    "with_dns_cache_file",
 ]
 
 
@@ -102,3 +104,14 @@ def reconfigure_dns(resolver: CachingResolver, old: DNSConfig, new: DNSConfig, r
             resolver.replace_upstream(upstream)
     resolver.configure(**cache_settings(new))
     return changed
+
+
+def with_dns_cache_file(config: Config, path: str | None) -> Config:
+    """
+    C{config} with C{dns.cache_file} set to C{path} (twistd's
+    C{--dns-cache-file}, which the shipped units pass); unchanged for
+    C{None}.
+    """
+    if path is None:
+        return config
+    return dataclasses.replace(config, dns=dataclasses.replace(config.dns, cache_file=path))

@@ -669,40 +669,53 @@ class _Control:
     A bad command gets C{error: <why>}.  End of input stops the server.
     """
 
-    def __init__(self, server: DNSServer) -> None:
+    def __init__(self, server: DNSServer, authority: DNSServer | None = None) -> None:
+        """
+        @param authority: for a caching forwarder, the authority behind it:
+            C{delay}, C{outage} and C{ttl} act on the authority, C{stats}
+            and C{reset} on the forwarder (what the proxy asked), C{stats}
+            adding C{"authority_queries"}.
+        """
         self.server = server
+        self.authority = authority
 
     def command(self, line: str) -> str:
         words = line.split()
         if not words:
             return "error: empty command"
         verb, arguments = words[0].lower(), words[1:]
+        records = self.authority or self.server
         try:
             if verb == "delay" and len(arguments) == 1:
-                self.server.delay = max(0.0, float(arguments[0]))
-                return f"ok delay {self.server.delay:g}"
+                records.delay = max(0.0, float(arguments[0]))
+                return f"ok delay {records.delay:g}"
             if verb == "outage" and arguments in (["on"], ["off"]):
-                self.server.outage = arguments[0] == "on"
+                records.outage = arguments[0] == "on"
                 return f"ok outage {arguments[0]}"
             if verb == "ttl" and len(arguments) in (1, 2):
-                changed = self.server.set_ttl(int(arguments[0]), *arguments[1:])
+                changed = records.set_ttl(int(arguments[0]), *arguments[1:])
                 return f"ok ttl {int(arguments[0])} records={changed}"
             if verb == "stats" and not arguments:
                 names = collections.Counter(q.name for q in self.server.log)
-                return json.dumps({"queries": len(self.server.log), "names": dict(names)}, sort_keys=True)
+                stats: dict[str, Any] = {"queries": len(self.server.log), "names": dict(names)}
+                if self.authority is not None:
+                    stats["authority_queries"] = len(self.authority.log)
+                return json.dumps(stats, sort_keys=True)
             if verb == "reset" and not arguments:
                 self.server.reset_log()
+                if self.authority is not None:
+                    self.authority.reset_log()
                 return "ok reset"
         except ValueError as error:
             return f"error: {error}"
         return f"error: unknown command {line.strip()[:80]!r}"
 
 
-def _serve_control(server: DNSServer, reactor: Any) -> None:
+def _serve_control(server: DNSServer, reactor: Any, authority: DNSServer | None = None) -> None:
     from twisted.internet import stdio
     from twisted.protocols.basic import LineReceiver
 
-    control = _Control(server)
+    control = _Control(server, authority)
 
     class Lines(LineReceiver):
         delimiter = b"\n"
@@ -721,8 +734,10 @@ def _serve_control(server: DNSServer, reactor: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """
     C{python -m sniproxy.testing.dns [--interface I] [--port N] [--records
-    FILE.json] [--delay S] [--control]}: serve until killed (or, with
-    C{--control}, until standard input closes).  Prints C{"<host> <port>"}
+    FILE.json] [--delay S] [--control] [--caching]}: serve until killed (or,
+    with C{--control}, until standard input closes).  With C{--caching} the
+    port is a caching forwarder's, in front of an authority (on a port of
+    its own) that holds the records and takes the delay.  Prints C{"<host> <port>"}
     on a line once listening.
     """
     from twisted.internet import reactor
@@ -737,17 +752,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="take commands on stdin (delay S, outage on|off, ttl S [NAME], stats, reset); exit at its end",
     )
+    parser.add_argument(
+        "--caching",
+        action="store_true",
+        help="serve as a caching forwarder (decayed TTLs, AA clear) in front of an authority holding the records",
+    )
     options = parser.parse_args(argv)
     dnsServer = DNSServer(interface=options.interface)
+    records = dnsServer
+    if options.caching:
+        records = DNSServer(interface=options.interface)
+        records.start()
+        dnsServer.forward_to(records)
     if options.records:
         with open(options.records) as f:
-            dnsServer.load(json.load(f))
+            records.load(json.load(f))
     if options.delay is not None:
-        dnsServer.delay = options.delay
+        records.delay = options.delay
     dnsServer.start(options.port)
     print(f"{dnsServer.interface} {dnsServer.port}", flush=True)
     if options.control:
-        _serve_control(dnsServer, reactor)
+        _serve_control(dnsServer, reactor, records if options.caching else None)
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -166,6 +166,7 @@ class ProxyService(MultiService):
             cache_file=config.dns.cache_file,
             save_interval=config.dns.cache_save_interval,
             clock=self.clock,
+            reactor=reactor,
         )
         self.dns_service.setServiceParent(self)
         self.access_log = AccessLog(config.log.access)

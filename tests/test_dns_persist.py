@@ -249,6 +249,22 @@ class ServiceTests(PersistTestCase):
         yield service.stopService()
         self.assertTrue(os.path.exists(self.path))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_threaded_save(self) -> None:
+        """With a reactor, the file is written in its thread pool; a stop waits for the write."""
+        cache = yield self.filled()
+        service = DNSService(cache, cache_file=self.path, save_interval=60, clock=self.clock, reactor=reactor)
+        service.startService()
+        first = service.save()
+        second = service.save()  # waits for the first, then writes again
+        self.assertEqual((yield first), True)
+        self.assertEqual((yield second), True)
+        os.unlink(self.path)
+        yield service.stopService()
+        with open(self.path) as f:
+            self.assertEqual(len(json.load(f)["entries"]), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         again = DNSService(self.cache(), cache_file=self.path, clock=self.clock)
         again.startService()
         self.addCleanup(again.stopService)
@@ -259,7 +275,7 @@ class ServiceTests(PersistTestCase):
         cache = yield self.filled()
         path = os.path.join(self.path, "missing-dir", "c.json")
         service = DNSService(cache, cache_file=path, clock=self.clock)
-        self.assertFalse(service.save())
+        self.assertFalse(self.successResultOf(service.save()))
         [warning] = self.warnings()
         self.assertIn(path, warning)
         self.assertEqual(self.flushLoggedErrors(), [])

@@ -42,7 +42,16 @@ from twisted.names import dns
 from sniproxy.config import ConfigError, validate_hostname
 from sniproxy.dns.cache import NODATA, NXDOMAIN, CachingResolver, SavedEntry
 
-__all__ = ["CacheFileError", "FORMAT", "VERSION", "load_cache", "max_file_bytes", "read_cache_file", "save_cache"]
+__all__ = [
+    "CacheFileError",
+    "FORMAT",
+    "VERSION",
+    "load_cache",
+    "max_file_bytes",
+    "read_cache_file",
+    "save_cache",
+    "write_cache_file",
+]
 
 log = Logger()
 
@@ -85,15 +94,28 @@ def _encode(entry: SavedEntry) -> dict[str, Any]:
 
 def save_cache(resolver: CachingResolver, path: str, now: float) -> int:
     """
-    Write the cache's entries to C{path}, atomically, mode 0600.
+    Write the cache's entries to C{path}, atomically, mode 0600 (see
+    L{write_cache_file}).
 
     @param now: the time to record as C{saved}.
     @return: how many entries were written.
     @raise OSError: when the file cannot be written (the old one stays).
     """
-    entries = [_encode(entry) for entry in resolver.saved_entries()]
+    return write_cache_file(list(resolver.saved_entries()), path, now)
+
+
+def write_cache_file(entries: list[SavedEntry], path: str, now: float) -> int:
+    """
+    Write C{entries} (from L{CachingResolver.saved_entries}) to C{path}:
+    a temporary file beside it (mode 0600), fsync, rename, fsync of the
+    directory.  Safe to call from a thread: it only reads the entries.
+
+    @return: how many entries were written.
+    @raise OSError: when the file cannot be written (the old one stays).
+    """
+    encoded = [_encode(entry) for entry in entries]
     data = json.dumps(
-        {"format": FORMAT, "version": VERSION, "saved": now, "entries": entries}, separators=(",", ":")
+        {"format": FORMAT, "version": VERSION, "saved": now, "entries": encoded}, separators=(",", ":")
     ).encode("ascii")
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".dns-cache.", suffix=".tmp", dir=directory)
@@ -119,7 +141,7 @@ def save_cache(resolver: CachingResolver, path: str, now: float) -> int:
             os.close(dirfd)
     except OSError:
         pass
-    return len(entries)
+    return len(encoded)
 
 
 def _field(item: dict[str, Any], name: str, kinds: Any, where: str) -> Any:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sniproxy.dns.cache import CachingResolver
-from sniproxy.dns.persist import load_cache, save_cache
+from sniproxy.dns.persist import load_cache, write_cache_file
 
 __all__ = ["DNSService"]
 
@@ -41,11 +42,16 @@ class DNSService(Service):
         cache_file: str = "",
         save_interval: float = 60.0,
         clock: IReactorTime | None = None,
+        reactor: Any = None,
     ) -> None:
         """
         @param prefetch: host names whose A and AAAA records are looked up
             at start-up, so that their first connections hit the cache.
         @param clock: times the saves; the resolver's clock by default.
+        @param reactor: an L{IReactorThreads}: with one, the entries are
+            snapshotted on the reactor thread and encoded and written in
+            its thread pool (10,000 entries take ~100 ms to write);
+            without, saves are synchronous.
         """
         self.resolver = resolver
         self.prefetch = tuple(prefetch)
@@ -54,7 +60,9 @@ class DNSService(Service):
         self.save_interval = save_interval
         self.loaded = 0
         self._clock = clock if clock is not None else resolver._clock
+        self._reactor = reactor
         self._saving: task.LoopingCall | None = None
+        self._writing: defer.Deferred[bool] | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -84,25 +92,53 @@ class DNSService(Service):
             self.cache_file, self.save_interval = cache_file, save_interval
             self._start_saving()
 
-    def save(self) -> bool:
+    def save(self) -> defer.Deferred[bool]:
         """
         Save the cache to the cache file now (if one is set).  A failure is
-        one warning naming the file and the reason.
+        one warning naming the file and the reason.  A save while another
+        is being written waits for that one, then writes.
 
-        @return: whether it was saved.
+        @return: fires with whether it was saved (it never fails).
         """
         if not self.cache_file:
-            return False
-        try:
-            save_cache(self.resolver, self.cache_file, self._clock.seconds())
-        except OSError as error:
-            log.warn(
-                "Cannot save the DNS cache to {path}: {reason}",
-                path=self.cache_file,
-                reason=error.strerror or str(error),
+            return defer.succeed(False)
+        if self._writing is not None:
+            # Chained after the write in progress, without changing the
+            # result its own caller sees.
+            waiting: defer.Deferred[None] = defer.Deferred()
+
+            def written(result: Any) -> Any:
+                waiting.callback(None)
+                return result
+
+            self._writing.addBoth(written)
+            return waiting.addCallback(lambda _: self.save())
+        path = self.cache_file
+        entries = list(self.resolver.saved_entries())
+        now = self._clock.seconds()
+        if self._reactor is None:
+            d = defer.maybeDeferred(write_cache_file, entries, path, now)
+        else:
+            d = threads.deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), write_cache_file, entries, path, now
             )
-            return False
-        return True
+        self._writing = d
+        d.addCallbacks(lambda _: True, self._save_failed, errbackArgs=(path,))
+
+        def done(saved: bool) -> bool:
+            if self._writing is d:
+                self._writing = None
+            return saved
+
+        return d.addCallback(done)
+
+    def _save_failed(self, failure: Failure, path: str) -> bool:
+        if failure.check(OSError):
+            error = failure.value
+            log.warn("Cannot save the DNS cache to {path}: {reason}", path=path, reason=error.strerror or str(error))
+        else:
+            log.failure("Saving the DNS cache to {path} failed", failure, path=path)
+        return False
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
@@ -110,7 +146,7 @@ class DNSService(Service):
             self._saving.stop()
         self._saving = None
         stopped = self.resolver.stop()
-        if self.cache_file:
-            # The entries stay through the stop: save what they are now.
-            self.save()
-        return stopped
+        if not self.cache_file:
+            return stopped
+        # The entries stay through the stop: save what they are now.
+        return defer.gatherResults([stopped, self.save()])

@@ -590,6 +590,16 @@ class CachingResolver(common.ResolverBase):
                 stops.append(defer.maybeDeferred(stop))
         return defer.gatherResults(stops).addCallback(lambda _: None)
 
+    @property
+    def clock(self) -> IReactorTime:
+        """The cache's clock."""
+        return self._clock
+
+    @property
+    def max_entries(self) -> int:
+        """The current bound on entries."""
+        return self._max_entries
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from twisted.application.service import Service
 from twisted.internet import defer, task, threads
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,7 +42,7 @@ class DNSService(Service):
         cache_file: str = "",
         save_interval: float = 60.0,
         clock: IReactorTime | None = None,
-        reactor: Any = None,
+        reactor: IReactorThreads | None = None,
     ) -> None:
         """
         @param prefetch: host names whose A and AAAA records are looked up
@@ -59,7 +59,7 @@ class DNSService(Service):
         self.cache_file = cache_file
         self.save_interval = save_interval
         self.loaded = 0
-        self._clock = clock if clock is not None else resolver._clock
+        self._clock = clock if clock is not None else resolver.clock
         self._reactor = reactor
         self._saving: task.LoopingCall | None = None
         self._writing: defer.Deferred[bool] | None = None
@@ -69,7 +69,7 @@ class DNSService(Service):
         if self.cache_file:
             # Before the prefetch, so that names in the file are not asked
             # again; loading never waits for the network.
-            self.loaded = load_cache(self.resolver, self.cache_file, self.resolver._max_entries)
+            self.loaded = load_cache(self.resolver, self.cache_file, self.resolver.max_entries)
         if self.prefetch:
             log.info("Prefetching {count} DNS names", count=len(self.prefetch))
         # Start-up does not wait: a name that is slow to resolve must not

@@ -519,7 +519,7 @@ class DNSServer:
                 # Message.encode cuts the answer to this size and sets TC.
                 response.maxSize = UDP_PAYLOAD_SIZE
         if delay > 0:
-            call = self._clock.callLater(delay, self._sendLater, protocol, response, address)
+            call = self._clock.callLater(delay, self._send_later, protocol, response, address)
             self._sends.add(call)
         else:
             self._send(protocol, response, address)
@@ -580,7 +580,7 @@ class DNSServer:
         response.additional = left(original.additional)
         return response
 
-    def _sendLater(self, protocol: Any, response: dns.Message, address: Any) -> None:
+    def _send_later(self, protocol: Any, response: dns.Message, address: Any) -> None:
         self._sends = {call for call in self._sends if call.active()}
         self._send(protocol, response, address)
 
@@ -631,16 +631,16 @@ class DNSServer:
             stored = [(type, ttl, p) for ttl, p in types.get(type, ())]
         found = [dns.RRHeader(name, t, dns.IN, ttl, p, auth=True) for t, ttl, p in stored]
         if type in (dns.SOA, dns.ALL_RECORDS) and name in self._zones:
-            found.append(self._soaRecord(name))
+            found.append(self._soa_record(name))
         return found
 
     def _soa(self, name: str) -> dns.RRHeader | None:
         for zone in [*_ancestors(name), ""]:
             if zone in self._zones:
-                return self._soaRecord(zone)
+                return self._soa_record(zone)
         return None
 
-    def _soaRecord(self, zone: str) -> dns.RRHeader:
+    def _soa_record(self, zone: str) -> dns.RRHeader:
         soa = self._zones[zone]
         payload = dns.Record_SOA(
             mname=b"ns.test",
@@ -758,21 +758,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="serve as a caching forwarder (decayed TTLs, AA clear) in front of an authority holding the records",
     )
     options = parser.parse_args(argv)
-    dnsServer = DNSServer(interface=options.interface)
-    records = dnsServer
+    dns_server = DNSServer(interface=options.interface)
+    records = dns_server
     if options.caching:
         records = DNSServer(interface=options.interface)
         records.start()
-        dnsServer.forward_to(records)
+        dns_server.forward_to(records)
     if options.records:
         with open(options.records) as f:
             records.load(json.load(f))
     if options.delay is not None:
         records.delay = options.delay
-    dnsServer.start(options.port)
-    print(f"{dnsServer.interface} {dnsServer.port}", flush=True)
+    dns_server.start(options.port)
+    print(f"{dns_server.interface} {dns_server.port}", flush=True)
     if options.control:
-        _serve_control(dnsServer, reactor, records if options.caching else None)
+        _serve_control(dns_server, reactor, records if options.caching else None)
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -265,15 +265,42 @@ class Harness:
         self.tls_address = ("127.0.0.1", int(tls))
         self.raw_address = ("127.0.0.1", int(raw))
 
-    def start_dns(self, records: str) -> None:
+    def start_dns(self, records: str, *, caching: bool = False) -> tuple[DNSControl, int]:
+        """
+        Start the test DNS server (the first one becomes L{dns}); with
+        C{caching}, a caching forwarder in front of an authority holding
+        C{records}.
+
+        @return: its control channel and port.
+        """
+        name = "dns-caching" if caching else "dns"
         child = self._start(
-            "dns",
-            [sys.executable, "-m", "sniproxy.testing.dns", "--records", records, "--control"],
+            name,
+            [sys.executable, "-m", "sniproxy.testing.dns", "--records", records, "--control"]
+            + (["--caching"] if caching else []),
             pipe_stdout=True,
         )
         _, port = child.readline(START_BOUND).split()
-        self.dns_port = int(port)
-        self.dns = DNSControl(child)
+        control = DNSControl(child)
+        if self.dns is None:
+            self.dns_port = int(port)
+            self.dns = control
+        return control, int(port)
+
+    def reload_proxy(self) -> None:
+        """SIGHUP the proxy and wait until it says the reload took effect."""
+        assert self.proxy is not None
+        seen = self.proxy.tail(10**7).count("reloaded ")
+        os.kill(self.proxy.pid, signal.SIGHUP)
+        deadline = time.monotonic() + START_BOUND
+        while time.monotonic() < deadline:
+            log = self.proxy.tail(10**7)
+            if log.count("reloaded ") > seen:
+                return
+            if "reload of" in log[-2000:] and "failed" in log[-2000:]:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the proxy did not reload:\n{self.proxy.tail()}")
 
     def start_proxy(self, config: str) -> None:
         self.proxy = child = self._start("proxy", twistd_command("-n", "--pidfile=", "sniproxy", "--config", config))

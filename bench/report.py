@@ -259,9 +259,19 @@ def s2(result: dict) -> str:
     return "\n".join(out)
 
 
-def s3(result: dict) -> str:
+def s3_decay(result: dict) -> str:
+    return s3(
+        result,
+        f"### S3 through a caching upstream: CNAME chain {'/'.join(map(str, result['chain']))} s behind "
+        f"{result['upstream']}, authority delayed {result['delay'] * 1000:.0f} ms "
+        f"({result['authority_queries']} queries reached the authority)",
+    )
+
+
+def s3(result: dict, title: str = "") -> str:
     out = [
-        f"### S3: TTL expiry under steady traffic (TTL {result['ttl']} s, "
+        title
+        or f"### S3: TTL expiry under steady traffic (TTL {result['ttl']} s, "
         f"upstream delayed {result['delay'] * 1000:.0f} ms)",
         "",
     ]
@@ -450,6 +460,7 @@ SECTIONS: dict[str, Callable[[dict], str]] = {
     "s1": s1,
     "s2": s2,
     "s3": s3,
+    "s3_decay": s3_decay,
     "s4": s4,
     "s5": s5,
     "original": original,

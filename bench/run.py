@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     unknown = set(chosen) - set(names)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    if "s3" in chosen and "s1" not in chosen:
+    if ("s3" in chosen or "s3_decay" in chosen) and "s1" not in chosen:
         chosen.insert(0, "s1")  # S3's threshold is 2x the S1 median
     plan = PLANS["quick" if options.quick else "full"]
     meta = report.metadata(plan.name, argv)
@@ -98,15 +98,19 @@ def main(argv: list[str]) -> int:
         harness.start_backend(files.cert, files.key)
         harness.start_dns(files.records)
         config = os.path.join(directory, "sniproxy.toml")
-        with open(config, "w") as f:
-            f.write(
-                topology.proxy_config(
-                    dns_port=harness.dns_port, tls_port=harness.tls_address[1], raw_port=harness.raw_address[1]
+
+        def write_config(dns_port: int) -> None:
+            with open(config, "w") as f:
+                f.write(
+                    topology.proxy_config(
+                        dns_port=dns_port, tls_port=harness.tls_address[1], raw_port=harness.raw_address[1]
+                    )
                 )
-            )
+
+        write_config(harness.dns_port)
         harness.start_proxy(config)
         progress(f"proxy on {harness.proxy_address[0]}:{harness.proxy_address[1]} (pid {harness.proxy.pid})")
-        bench = Bench(harness, plan, files.ca, results=data["scenarios"])
+        bench = Bench(harness, plan, files.ca, results=data["scenarios"], records=files.records, write_config=write_config)
         load = MachineLoad()
         try:
             for name, scenario in SCENARIOS:

@@ -17,7 +17,7 @@ from typing import Any
 from bench import clients, stats
 from bench.clients import Target
 from bench.harness import Harness, cpu_seconds
-from bench.topology import NAMES, S3_TTL, S4_TTL, S5_SOA_MINIMUM, S5_SOA_TTL
+from bench.topology import NAMES, S3_DECAY_CHAIN, S3_TTL, S4_TTL, S5_SOA_MINIMUM, S5_SOA_TTL
 
 __all__ = ["PLANS", "SCENARIOS", "Bench", "Plan"]
 
@@ -89,6 +89,8 @@ class Bench:
     plan: Plan
     cafile: str
     results: dict[str, Any] = field(default_factory=dict)
+    records: str = ""  # the DNS records file
+    write_config: Any = None  # (dns_port) -> None: rewrites the proxy's config file
 
     def __post_init__(self) -> None:
         self.context = clients.tls_context(self.cafile)
@@ -242,8 +244,27 @@ def s2_txt(bench: Bench) -> dict[str, Any]:
 
 def s3_ttl_expiry(bench: Bench) -> dict[str, Any]:
     """Steady traffic across TTL expiries: no connection should wait for DNS."""
-    plan, dns = bench.plan, bench.dns
-    name = NAMES.s3
+    return _s3(bench, bench.dns, NAMES.s3, S3_TTL)
+
+
+def s3_decay(bench: Bench) -> dict[str, Any]:
+    """S3 through a caching forwarder (decayed TTLs, AA clear), CNAME chain 300/60/5, switched to by SIGHUP."""
+    control, port = bench.harness.start_dns(bench.records, caching=True)
+    bench.write_config(port)
+    bench.harness.reload_proxy()
+    try:
+        result = _s3(bench, control, NAMES.s3_decay, min(S3_DECAY_CHAIN))
+        result["chain"] = list(S3_DECAY_CHAIN)
+        result["authority_queries"] = control.stats().get("authority_queries", 0)
+        result["upstream"] = "a caching forwarder (remaining TTLs, rounded down; AA clear)"
+    finally:
+        bench.write_config(bench.harness.dns_port)
+        bench.harness.reload_proxy()
+    return result
+
+
+def _s3(bench: Bench, dns: Any, name: str, ttl: int) -> dict[str, Any]:
+    plan = bench.plan
     dns.delay(plan.s3_delay)
     dns.reset()
     warm = clients.handshake(bench.context, bench.harness.proxy_address, name)
@@ -263,7 +284,7 @@ def s3_ttl_expiry(bench: Bench) -> dict[str, Any]:
     threshold_s1 = 2 * bench.s1_median()
     threshold_paced = 2 * static_summary["median"] if static else None
     return {
-        "ttl": S3_TTL,
+        "ttl": ttl,
         "delay": plan.s3_delay,
         "rate": plan.s3_rate,
         "seconds": plan.s3_seconds,
@@ -283,7 +304,7 @@ def s3_ttl_expiry(bench: Bench) -> dict[str, Any]:
         "slowest": sorted((r for r in txt if r["error"] is None), key=lambda r: -r["seconds"])[:5],
         "queries": stats_["names"].get(_txt_owner(name), 0),
         "queries_all": stats_["queries"],
-        "bound": plan.s3_seconds / S3_TTL + 1,
+        "bound": plan.s3_seconds / ttl + 1,
         "raw": runs,
     }
 
@@ -406,6 +427,7 @@ SCENARIOS = [
     ("s1", s1_static),
     ("s2", s2_txt),
     ("s3", s3_ttl_expiry),
+    ("s3_decay", s3_decay),
     ("s4", s4_outage),
     ("s5", s5_legacy),
     ("original", original),

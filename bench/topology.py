@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from sniproxy.testing.tls import CertificateAuthority
 
-__all__ = ["NAMES", "Files", "Names", "dns_records", "proxy_config", "write_files"]
+__all__ = ["NAMES", "S3_DECAY_CHAIN", "Files", "Names", "dns_records", "proxy_config", "write_files"]
 
 APP = "benchapp"
 RAW_APP = "rawapp"
@@ -42,6 +42,7 @@ class Names:
     subdomain: str = f"{APP}-443s.{BASE}"
     s2_prefix: str = "s2-"  # s2-300.custom.test, s2-800.custom.test
     s3: str = "s3.custom.test"
+    s3_decay: str = "s3-decay.custom.test"  # through a CNAME chain, behind a caching forwarder
     s4: str = "s4.custom.test"
     s4_unseen: str = "s4-unseen.custom.test"
     legacy: str = "legacy.old.test"
@@ -60,6 +61,7 @@ class Names:
             self.subdomain,
             *(self.s2(d) for d in s2_delays_ms),
             self.s3,
+            self.s3_decay,
             self.s4,
             self.s4_unseen,
             self.legacy,
@@ -72,6 +74,8 @@ NAMES = Names()
 # TTLs of the records (seconds), as DESIGN.md section 5 and issue 5 ask.
 S2_TTL = 30
 S3_TTL = 2
+# S3 through a caching forwarder (issue 12): the chain 300/60/5 seen in the field.
+S3_DECAY_CHAIN = (300, 60, 5)
 S4_TTL = 2
 S5_TTL = 30
 # old.test's SOA: negative answers for its names live min(ttl, minimum) = 5 s
@@ -120,6 +124,9 @@ def dns_records(s2_delays_ms) -> dict:
     records += [
         txt(n.stream_txt, f"{RAW_APP}:443", S2_TTL),
         txt(n.s3, target, S3_TTL),
+        {"name": f"{n.txt_prefix}.{n.s3_decay}", "type": "CNAME", "value": "link1.s3-decay.test", "ttl": S3_DECAY_CHAIN[0]},
+        {"name": "link1.s3-decay.test", "type": "CNAME", "value": "link2.s3-decay.test", "ttl": S3_DECAY_CHAIN[1]},
+        {"name": "link2.s3-decay.test", "type": "TXT", "value": [target], "ttl": S3_DECAY_CHAIN[2]},
         txt(n.s4, target, S4_TTL),
         txt(n.s4_unseen, target, S4_TTL),
         txt(n.original, target, S2_TTL),

@@ -30,6 +30,7 @@ from sniproxy.accesslog import cannot_open
 from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.apps import AppRegistry
 from sniproxy.config import Config, ConfigError, check_endpoint, load_config
+from sniproxy import dns as dns_layer
 from sniproxy.dns.cache import CachingResolver
 from sniproxy.interfaces import IResolver, Route
 from sniproxy.routing import Router
@@ -86,7 +87,7 @@ def build_dns(config: Config, reactor: IReactorUDP | None, clock: IReactorTime |
 
     @param clock: the cache's clock; C{reactor} when not given.
     """
-    return CachingResolver.from_config(config.dns, reactor, clock)
+    return dns_layer.build_dns(config.dns, reactor, clock)
 
 
 def build_resolver_threads(config: Config, reactor: IReactorThreads | None) -> ResolverThreads:

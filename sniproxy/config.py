@@ -276,6 +276,13 @@ class DNSConfig:
         entry is refreshed in the background (0 to 1).
     @ivar max_entries: the cache's size bound (least recently used out).
     @ivar prefetch: names resolved at start-up and reload.
+    @ivar min_refresh: the soonest, in seconds after an answer arrived,
+        that it is refreshed: a TTL 0 answer is kept and served (stale)
+        this long instead of a query per connection (0 = no floor).
+    @ivar cache_file: where the cache is saved and loaded across restarts;
+        C{""} = off.
+    @ivar cache_save_interval: seconds between saves of C{cache_file} (it
+        is also saved at a graceful stop).
     """
 
     servers: tuple[tuple[str, int], ...] = ()
@@ -292,6 +299,9 @@ class DNSConfig:
     refresh_ahead: float = 0.1
     max_entries: int = 10000
     prefetch: tuple[str, ...] = ()
+    min_refresh: float = 1.0
+    cache_file: str = ""
+    cache_save_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,6 +825,9 @@ def _dns(table: _Table) -> DNSConfig:
         refresh_ahead=table.get("refresh_ahead", d.refresh_ahead, _number(0.0, 1.0)),
         max_entries=table.get("max_entries", d.max_entries, _integer(1)),
         prefetch=table.get("prefetch", d.prefetch, _list(_via(validate_hostname))),
+        min_refresh=table.get("min_refresh", d.min_refresh, _number(0.0, 3600.0)),
+        cache_file=table.get("cache_file", d.cache_file, _string),
+        cache_save_interval=table.get("cache_save_interval", d.cache_save_interval, _number(1.0, 86400.0)),
     )
     if config.min_ttl > config.max_ttl:
         raise ConfigError(table.key("min_ttl"), f"is above dns.max_ttl ({config.max_ttl:g})")

@@ -74,6 +74,10 @@ class _Recording:
                 ttl=round(answer.ttl, 3),
                 records=[_record(r) for r in answer.records],
             )
+            peek = getattr(self.resolver, "peek", None)
+            if peek is not None:
+                # "file": the entry came from the cache file at start-up.
+                note["origin"] = peek(name, type, cls).origin or None
             return answer
 
         def failed(failure):
@@ -172,7 +176,8 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"  dns {note['type']} {note['query']} failed: {note['error']}")
             continue
         what = note["negative"] or ", ".join(f"{r['data']} (ttl {r['ttl']})" for r in note["records"]) or "empty"
-        lines.append(f"  dns {note['type']} {note['query']} [{state}, {note['ttl']:g}s left]: {what}")
+        origin = ", from the cache file" if note.get("origin") == "file" else ""
+        lines.append(f"  dns {note['type']} {note['query']} [{state}{origin}, {note['ttl']:g}s left]: {what}")
     lines.append(f"decision: {result['decision']}")
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from sniproxy.accesslog import AccessLog
 from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
 from sniproxy.config import Config, ConfigError
+from sniproxy.dns import reconfigure_dns, with_dns_cache_file
 from sniproxy.dns.service import DNSService
 from sniproxy.deferreds import PENDING, peek
 from sniproxy.explain import explain
@@ -89,8 +90,15 @@ class ProxyService(MultiService):
         reactor: IReactorTCP | None = None,
         clock: IReactorTime | None = None,
         handle_signals: bool = False,
+        dns_cache_file: str | None = None,
     ) -> None:
+        """
+        @param dns_cache_file: overrides C{dns.cache_file}, at start and at
+            every reload (twistd's C{--dns-cache-file}).
+        """
         super().__init__()
+        self.dns_cache_file = dns_cache_file
+        config = with_dns_cache_file(config, dns_cache_file)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -106,7 +114,15 @@ class ProxyService(MultiService):
         # effect at the next start).
         self.resolver_threads = build_resolver_threads(config, reactor)
         parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
-        DNSService(self.dns, parts.warm_names).setServiceParent(self)
+        self.dns_service = DNSService(
+            self.dns,
+            parts.warm_names,
+            cache_file=config.dns.cache_file,
+            save_interval=config.dns.cache_save_interval,
+            clock=self.clock,
+            reactor=reactor,
+        )
+        self.dns_service.setServiceParent(self)
         self.access_log = AccessLog(config.log.access)
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
         self.factory = ProxyFactory(
@@ -214,7 +230,7 @@ class ProxyService(MultiService):
         """
         path = self.config_path
         try:
-            config = validate(path, self.reactor)
+            config = with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file)
             parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:
@@ -230,13 +246,11 @@ class ProxyService(MultiService):
         self.last_reload_error = None
         self.factory.reconfigure(config.proxy, parts.router)
         self._close_old_ports(config, opened)
-        changed = [
-            name
-            for name in config.dns.__dataclass_fields__
-            if name != "prefetch" and getattr(config.dns, name) != getattr(old.dns, name)
-        ]
+        # [dns] applies now, to the same cache (entries kept).
+        changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
+        self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
         if changed:
-            log.warn("reload: [dns] {keys} take effect at the next restart", keys=", ".join(changed))
+            log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
         self.access_log.path = config.log.access
         self.access_log.reopen()
         self.dns.prefetch(parts.warm_names)

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from sniproxy.assembly import StartError, validate
 from sniproxy.config import ConfigError
+from sniproxy.dns import with_dns_cache_file
 from sniproxy.service import ProxyService
 
 __all__ = ["Options", "makeService"]
@@ -26,6 +27,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", DEFAULT_CONFIG, "Path to the TOML config file."],
+        ["dns-cache-file", None, None, "Save and load the DNS cache here (overrides [dns] cache_file; \"\" = off)."],
     ]
 
     def postOptions(self) -> None:
@@ -38,6 +40,8 @@ class Options(usage.Options):
             self._refuse(f"config: {error}")
         except StartError as error:
             self._refuse(str(error))
+        if self["dns-cache-file"] is not None:
+            self.loaded = with_dns_cache_file(self.loaded, self["dns-cache-file"])
 
     def _refuse(self, line: str) -> None:
         """
@@ -56,7 +60,7 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> ProxyService:
     _quiet_start_errors()
-    return ProxyService(options.loaded, handle_signals=True)
+    return ProxyService(options.loaded, handle_signals=True, dns_cache_file=options["dns-cache-file"])
 
 
 def _quiet_start_errors() -> None:

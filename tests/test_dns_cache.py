@@ -19,6 +19,7 @@ from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSQueryTime
 from twisted.trial.unittest import TestCase
 
 from sniproxy.config import DNSConfig
+from sniproxy.dns import build_dns
 from sniproxy.dns.cache import Answer, CachingResolver, normalise
 from sniproxy.dns.service import DNSService
 from sniproxy.dns.upstream import Upstream
@@ -725,10 +726,10 @@ class ServiceTests(CacheTestCase):
 
     @defer.inlineCallbacks
     def test_fromConfig(self) -> None:
-        """L{CachingResolver.from_config} takes every [dns] setting."""
+        """L{build_dns} takes every [dns] setting."""
         self.server.add_txt("a.test", "x", ttl=5)
         config = DNSConfig(servers=(self.server.address,), min_ttl=30, max_entries=1)
-        cache = CachingResolver.from_config(config, ClockReactor(reactor, self.clock), self.clock)
+        cache = build_dns(config, ClockReactor(reactor, self.clock), self.clock)
         self.addCleanup(cache.stop)
         answer = yield cache.query("a.test", dns.TXT)
         self.assertEqual(answer.ttl, 30)
@@ -781,6 +782,7 @@ class CounterTests(CacheTestCase):
                 upstream_queries=5,
                 upstream_failures=1,
                 entries=2,
+                in_flight=0,
             ),
         )
 

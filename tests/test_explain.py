@@ -15,7 +15,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from sniproxy.config import parse_config
-from sniproxy.dns.cache import CachingResolver
+from sniproxy.dns import build_dns
 from sniproxy.explain import explain, render
 from sniproxy.assembly import build_router
 from sniproxy.testing.dns import DNSServer
@@ -42,7 +42,7 @@ class ExplainTests(TestCase):
         self.dns.add_txt("_dstack-app-address.shop.example.com", "myapp:443", ttl=120)
         self.dns.add_txt("_dstack-app-address.bad.example.com", "localhost:22", ttl=120)
         self.config = parse_config(tomllib.loads(CONFIG.format(port=self.dns.port)))
-        self.resolver = CachingResolver.from_config(self.config.dns, reactor)
+        self.resolver = build_dns(self.config.dns, reactor)
         self.addCleanup(self.resolver.stop)
 
     def explain(self, name: str):

@@ -104,6 +104,7 @@ class InitScriptTests(TestCase):
             SNIPROXY_RUNDIR=os.path.join(self.dir, "run"),
             SNIPROXY_PIDFILE=self.pidfile,
             SNIPROXY_LOGFILE=self.logfile,
+            SNIPROXY_DNS_CACHE_FILE=os.path.join(self.dir, "state", "dns-cache.json"),
             TWISTD=twistd,
         )
         self.env = env

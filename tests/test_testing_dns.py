@@ -460,3 +460,33 @@ class ControlChannelTests(ServerTestCase):
         self.assertEqual(self.control.command(""), "error: empty command")
         self.assertEqual(self.control.command("outage maybe"), "error: unknown command 'outage maybe'")
         self.assertTrue(self.control.command("delay soon").startswith("error: "))
+
+    @defer.inlineCallbacks
+    def test_caching_forwarder_commands(self):
+        """
+        In front of an authority (C{--caching}), delay, outage and ttl act on
+        the authority; stats and reset on the forwarder, plus the
+        authority's count.
+        """
+        from sniproxy.testing.dns import DNSServer, _Control
+
+        authority = DNSServer()
+        authority.start()
+        self.addCleanup(authority.stop)
+        authority.add_txt("_x.a.test", "app:443", ttl=30)
+        self.server.forward_to(authority)
+        control = _Control(self.server, authority)
+        self.assertEqual(control.command("delay 0.05"), "ok delay 0.05")
+        self.assertEqual((authority.delay, self.server.delay), (0.05, 0.0))
+        self.assertEqual(control.command("delay 0"), "ok delay 0")
+        first = yield self.udp("_x.a.test", dns.TXT)
+        second = yield self.udp("_x.a.test", dns.TXT)
+        self.assertEqual([first.auth, second.auth, second.recAv], [0, 0, 1])
+        self.assertEqual(
+            json.loads(control.command("stats")),
+            {"queries": 2, "names": {"_x.a.test": 2}, "authority_queries": 1},
+        )
+        self.assertEqual(control.command("outage on"), "ok outage on")
+        self.assertEqual((authority.outage, self.server.outage), (True, False))
+        self.assertEqual(control.command("reset"), "ok reset")
+        self.assertEqual((len(self.server.log), len(authority.log)), (0, 0))

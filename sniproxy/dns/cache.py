@@ -3,24 +3,38 @@ The DNS cache: answers as long as DNS says they are good, and never a
 lookup's cost on a connection that a cached answer can serve.
 
 L{CachingResolver} is a Twisted L{IResolver} (every C{lookupX} method) in
-front of one upstream L{IResolver}, normally L{sniproxy.dns.upstream.Upstream}.
-Per (name, type, class) it keeps one entry:
+front of one upstream L{IResolver}, normally L{sniproxy.dns.upstream.Upstream},
+which is injected (L{sniproxy.dns.build_dns} builds both for a C{[dns]}
+table).  Per (name, type, class) it keeps one entry:
 
   - a positive answer lives for the smallest TTL in its answer section
     (the whole CNAME chain), clamped to [C{min_ttl}, C{max_ttl}];
   - a negative answer (NXDOMAIN, or NODATA: no record of the type) lives
     for min(SOA TTL, SOA MINIMUM) of the SOA in its authority section (RFC
     2308), or C{max_negative_ttl} when there is no SOA, and never longer
-    than C{max_negative_ttl};
-  - a lifetime of 0 answers the lookups that were waiting for it and is not
-    kept.
+    than C{max_negative_ttl}.
 
 An entry is fresh, then stale (RFC 8767) for C{max_stale} seconds, then
-gone.  A fresh hit is answered at once; in the last C{refresh_ahead}
-fraction of its life it also starts a background refresh.  A stale hit
-starts a refresh and is answered from the stale entry, at once or once
-C{stale_wait} seconds pass without a fresh answer; if the refresh fails the
-stale entry keeps being served until it is C{max_stale} past expiry.
+gone.  A fresh hit is answered at once.  When it is refreshed depends on
+where the answer came from:
+
+  - an authoritative answer (AA set) is refreshed ahead: a hit in the last
+    C{refresh_ahead} fraction of its life starts a background refresh;
+  - a non-authoritative answer (a caching resolver's copy, whose TTLs have
+    decayed), or a refresh whose answer expires no later than the entry it
+    refreshed, is refreshed just after it expires, when the upstream's own
+    copy has expired too: the first hit after expiry is served stale at
+    once and starts the refresh (refreshing earlier would only fetch the
+    same decayed copy again);
+  - a refresh is never planned sooner than C{min_refresh} seconds after the
+    answer arrived: a TTL 0 answer (or one of 0.3 s) is kept and served,
+    stale, for C{min_refresh} seconds, within C{max_stale} (with
+    C{max_stale} 0 or C{min_refresh} 0 such answers are not kept).
+
+A stale hit on any other entry starts a refresh and is answered from the
+stale entry, at once or once C{stale_wait} seconds pass without a fresh
+answer; if the refresh fails the stale entry keeps being served until it is
+C{max_stale} past expiry.
 
 A transient failure (timeout, SERVFAIL, REFUSED, network error) is not an
 answer: it never replaces an entry, and for C{failure_backoff} seconds
@@ -30,37 +44,80 @@ flight at a time; every lookup (and refresh) of the key meanwhile waits for
 it.  Entries (negative ones too) are bounded by C{max_entries}, the least
 recently used evicted first.
 
+L{CachingResolver.reconfigure} applies new settings (and a new upstream)
+to the live cache: entries are kept and re-clamped lazily, on their next
+use; a smaller C{max_entries} evicts the least recently used at once.
+
 Time is whatever C{clock} says (the reactor, or a
 L{twisted.internet.task.Clock} in tests).
 """
 
 from __future__ import annotations
 
+import enum
+import heapq
 import ipaddress
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DNSNameError, DomainError
 from twisted.python.failure import Failure
 
-from sniproxy.config import DNSConfig
-from sniproxy.dns.upstream import Upstream
-
-__all__ = ["Answer", "CacheEntry", "CachingResolver", "Counters", "normalise"]
+__all__ = [
+    "Answer",
+    "CacheEntry",
+    "CacheState",
+    "CachingResolver",
+    "Counters",
+    "EntryStatus",
+    "Origin",
+    "SavedEntry",
+    "normalise",
+]
 
 log = Logger()
 
-HIT = "hit"
-MISS = "miss"
-STALE = "stale"
-NEGATIVE = "negative"
-MERGED = "merged"
+
+class CacheState(str, enum.Enum):
+    """How a lookup was answered (L{Answer.state}, L{Route.cache})."""
+
+    HIT = "hit"
+    MISS = "miss"
+    STALE = "stale"
+    NEGATIVE = "negative"
+    MERGED = "merged"
+
+    def __str__(self) -> str:
+        # The value, in str() and f-strings alike, as the bare strings were.
+        return self.value
+
+    __format__ = str.__format__
+
+
+class Origin(str, enum.Enum):
+    """Where an entry came from (L{EntryStatus.origin})."""
+
+    UPSTREAM = "upstream"
+    FILE = "file"
+    PREFETCH = "prefetch"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+HIT = CacheState.HIT
+MISS = CacheState.MISS
+STALE = CacheState.STALE
+NEGATIVE = CacheState.NEGATIVE
+MERGED = CacheState.MERGED
 
 NXDOMAIN = "nxdomain"
 NODATA = "nodata"
@@ -85,10 +142,11 @@ class Answer:
     @ivar negative: C{None} for a positive answer, C{"nxdomain"}, or
         C{"nodata"} (no record of this type; C{records} may still hold the
         CNAME chain that led there).
-    @ivar state: how this lookup was answered: C{"hit"} (fresh from the
-        cache), C{"negative"} (a fresh cached negative answer), C{"stale"}
-        (an expired answer, RFC 8767), C{"miss"} (this lookup asked
-        upstream) or C{"merged"} (it joined a query already in flight).
+    @ivar state: how this lookup was answered, a L{CacheState}: C{HIT}
+        (fresh from the cache), C{NEGATIVE} (a fresh cached negative
+        answer), C{STALE} (an expired answer, RFC 8767), C{MISS} (this
+        lookup asked upstream) or C{MERGED} (it joined a query already in
+        flight).
     @ivar ttl: seconds of freshness left; 0 when stale.
     """
 
@@ -98,14 +156,15 @@ class Answer:
     authority: tuple[dns.RRHeader, ...]
     additional: tuple[dns.RRHeader, ...]
     negative: str | None
-    state: str
+    state: CacheState
     ttl: float
 
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
     """
-    What the cache holds for one (name, type), from L{CachingResolver.peek}.
+    What the cache holds for one (name, type), from L{CachingResolver.peek}
+    (public API, for tests and tools: it neither counts nor reorders).
 
     @ivar state: C{"fresh"}, C{"negative"} (a fresh negative answer),
         C{"stale"} (expired, still servable; see C{negative}) or
@@ -114,6 +173,7 @@ class CacheEntry:
     @ivar stale_ttl: seconds it can still be served, stale included.
     @ivar refreshing: an upstream query for it is in flight.
     @ivar backoff: seconds left of the back-off after a failure (0 if none).
+    @ivar origin: where the entry came from (C{""} when absent).
     """
 
     name: str
@@ -127,6 +187,57 @@ class CacheEntry:
     stale_ttl: float
     refreshing: bool
     backoff: float
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class EntryStatus:
+    """
+    One entry as the status page shows it (L{CachingResolver.entries_status}).
+
+    @ivar name: the normalised name.
+    @ivar type: the record type's mnemonic (C{"TXT"}, C{"A"}, ...).
+    @ivar state: C{"fresh"}, C{"refreshing"} (a query for it is in flight),
+        C{"stale"} or C{"negative"} (a fresh negative answer).
+    @ivar ttl_left: seconds of freshness left; negative when stale.
+    @ivar hits: lookups it answered.
+    @ivar origin: C{"upstream"}, C{"file"} (loaded from the cache file and
+        not refreshed since) or C{"prefetch"} (fetched by a warm-start
+        lookup).
+    """
+
+    name: str
+    type: str
+    state: str
+    ttl_left: float
+    hits: int
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class SavedEntry:
+    """
+    One entry as the cache file holds it (L{CachingResolver.saved_entries},
+    L{CachingResolver.restore}).  Times are the cache clock's seconds.
+
+    @ivar records: the answer section with the TTLs it arrived with.
+    @ivar raw_ttl: the entry's lifetime before clamping (for a negative
+        answer, from its SOA; C{inf} when it had none).
+    @ivar fetched: when the answer arrived.
+    @ivar auth: whether the answer was authoritative (AA).
+    """
+
+    name: str
+    type: int
+    cls: int
+    records: tuple[dns.RRHeader, ...]
+    authority: tuple[dns.RRHeader, ...]
+    additional: tuple[dns.RRHeader, ...]
+    negative: str | None
+    raw_ttl: float
+    fetched: float
+    auth: bool
+    hits: int
 
 
 class Counters:
@@ -140,6 +251,7 @@ class Counters:
     @ivar upstream_queries: queries sent upstream (refreshes included).
     @ivar upstream_failures: those that failed (timeout, SERVFAIL, ...).
     @ivar entries: entries held now.
+    @ivar in_flight: upstream queries in flight now.
     """
 
     NAMES = (
@@ -152,9 +264,9 @@ class Counters:
         "upstream_queries",
         "upstream_failures",
     )
-    __slots__ = (*NAMES, "_entries")
+    __slots__ = (*NAMES, "_entries", "_flights")
 
-    def __init__(self, entries: OrderedDict[Key, _Entry]) -> None:
+    def __init__(self, entries: OrderedDict[Key, _Entry], flights: dict[Key, Any] | None = None) -> None:
         self.hits = 0
         self.misses = 0
         self.stale = 0
@@ -164,22 +276,53 @@ class Counters:
         self.upstream_queries = 0
         self.upstream_failures = 0
         self._entries = entries
+        self._flights = {} if flights is None else flights
 
     @property
     def entries(self) -> int:
         return len(self._entries)
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in (*self.NAMES, "entries")}
+        return {name: getattr(self, name) for name in (*self.NAMES, "entries", "in_flight")}
 
     def __repr__(self) -> str:
         return "Counters({})".format(", ".join(f"{k}={v}" for k, v in self.as_dict().items()))
 
 
 class _Entry:
-    """One cached answer; never changed once made (a refresh replaces it)."""
+    """
+    One cached answer.  Its answer never changes once made (a refresh
+    replaces the entry); C{hits} counts up, and the times are recomputed
+    when the settings change (C{generation}).
 
-    __slots__ = ("records", "authority", "additional", "negative", "expires", "refresh")
+    @ivar planned: refreshed at (or after) expiry, not ahead: a hit after
+        C{expires} is served stale at once, and starts the refresh once
+        C{refresh} is reached.
+    @ivar decays: a refresh of this key came back with the same, decayed,
+        copy: its upstream caches, whatever its AA bit says, so it is not
+        refreshed ahead any more.
+    """
+
+    __slots__ = (
+        "records",
+        "authority",
+        "additional",
+        "negative",
+        "expires",
+        "refresh",
+        "planned",
+        "fetched",
+        "raw_ttl",
+        "auth",
+        "generation",
+        "hits",
+        "origin",
+        "decays",
+    )
 
     def __init__(
         self,
@@ -187,15 +330,25 @@ class _Entry:
         authority: tuple[dns.RRHeader, ...],
         additional: tuple[dns.RRHeader, ...],
         negative: str | None,
-        expires: float,
-        refresh: float,
+        fetched: float,
+        raw_ttl: float,
+        auth: bool,
+        origin: Origin,
     ) -> None:
         self.records = records
         self.authority = authority
         self.additional = additional
         self.negative = negative
-        self.expires = expires
-        self.refresh = refresh
+        self.fetched = fetched
+        self.raw_ttl = raw_ttl
+        self.auth = auth
+        self.origin = origin
+        self.hits = 0
+        self.generation = -1
+        self.expires = fetched
+        self.refresh = math.inf
+        self.planned = False
+        self.decays = False
 
 
 class _Waiter:
@@ -203,7 +356,7 @@ class _Waiter:
 
     __slots__ = ("deferred", "state", "stale", "timer")
 
-    def __init__(self, state: str, stale: _Entry | None) -> None:
+    def __init__(self, state: CacheState, stale: _Entry | None) -> None:
         self.deferred: defer.Deferred[Answer]
         self.state = state
         self.stale = stale
@@ -213,21 +366,27 @@ class _Waiter:
 class _Flight:
     """One upstream query in flight, and who waits for it."""
 
-    __slots__ = ("waiters",)
+    __slots__ = ("waiters", "origin")
 
-    def __init__(self) -> None:
+    def __init__(self, origin: Origin) -> None:
         self.waiters: list[_Waiter] = []
+        self.origin = origin
 
+
+# -- Twisted internals: RRHeader copies ------------------------------------
+#
+# Relies on dns.RRHeader keeping its whole state (name, type, cls, ttl,
+# payload, auth, cachedResponse) in its instance __dict__ (no __slots__, no
+# state elsewhere), true from Twisted 16 to 26.  Copying the dict is four
+# times cheaper than RRHeader(...), which re-validates every field.  If a
+# Twisted release changes that, _rrheader_copy_works() turns False and the
+# slow, public constructor is used instead; the test suite checks both.
 
 _new = object.__new__
 _RRHeader = dns.RRHeader
 
 
-def _aged(records: tuple[dns.RRHeader, ...], ttl: int) -> tuple[dns.RRHeader, ...]:
-    """
-    New headers for C{records}, with TTLs at most C{ttl}.  They share the
-    payloads and names, which nobody changes.
-    """
+def _aged_fast(records: tuple[dns.RRHeader, ...], ttl: int) -> tuple[dns.RRHeader, ...]:
     copies = []
     for record in records:
         copy = _new(_RRHeader)
@@ -237,6 +396,44 @@ def _aged(records: tuple[dns.RRHeader, ...], ttl: int) -> tuple[dns.RRHeader, ..
         copy.__dict__ = state
         copies.append(copy)
     return tuple(copies)
+
+
+def _aged_public(records: tuple[dns.RRHeader, ...], ttl: int) -> tuple[dns.RRHeader, ...]:
+    return tuple(
+        dns.RRHeader(r.name.name, r.type, r.cls, min(r.ttl, ttl), r.payload, auth=r.auth) for r in records
+    )
+
+
+def _rrheader_copy_works() -> bool:
+    """Whether copying an L{dns.RRHeader}'s C{__dict__} copies it whole."""
+    try:
+        original = dns.RRHeader(b"a.test", dns.TXT, dns.IN, 60, dns.Record_TXT(b"x"), auth=True)
+        [copy] = _aged_fast((original,), 10)
+        return (copy.name, copy.type, copy.cls, copy.ttl, copy.payload, copy.auth) == (
+            original.name,
+            original.type,
+            original.cls,
+            10,
+            original.payload,
+            True,
+        ) and original.ttl == 60
+    except Exception:
+        return False
+
+
+_aged = _aged_fast if _rrheader_copy_works() else _aged_public
+_aged.__doc__ = """
+New headers for C{records}, with TTLs at most C{ttl}.  They share the
+payloads and names, which nobody changes.
+"""
+
+
+def _authoritative(records: Iterable[dns.RRHeader]) -> bool:
+    """Whether these records came in an authoritative answer (AA set)."""
+    for record in records:
+        if not record.auth:
+            return False
+    return True
 
 
 def normalise(name: str | bytes) -> str:
@@ -261,6 +458,19 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+_SETTINGS = (
+    "min_ttl",
+    "max_ttl",
+    "max_negative_ttl",
+    "failure_backoff",
+    "max_stale",
+    "stale_wait",
+    "refresh_ahead",
+    "min_refresh",
+    "max_entries",
+)
+
+
 class CachingResolver(common.ResolverBase):
     """
     A caching L{IResolver}; see the module docstring for the rules.
@@ -283,12 +493,13 @@ class CachingResolver(common.ResolverBase):
     upstream's timeouts apply.
 
     @ivar counters: the L{Counters}.
+    @ivar upstream: the upstream resolver.
     """
 
     def __init__(
         self,
         upstream: Any,
-        clock: Any,
+        clock: IReactorTime,
         *,
         min_ttl: float = 0.0,
         max_ttl: float = 86400.0,
@@ -297,6 +508,7 @@ class CachingResolver(common.ResolverBase):
         max_stale: float = 86400.0,
         stale_wait: float = 0.0,
         refresh_ahead: float = 0.1,
+        min_refresh: float = 1.0,
         max_entries: int = 10000,
     ) -> None:
         """
@@ -306,18 +518,8 @@ class CachingResolver(common.ResolverBase):
             C{stale_wait}.
         """
         super().__init__()
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._upstream = upstream
+        self.upstream = upstream
         self._clock = clock
-        self._min_ttl = min_ttl
-        self._max_ttl = max_ttl
-        self._max_negative_ttl = max_negative_ttl
-        self._failure_backoff = failure_backoff
-        self._max_stale = max_stale
-        self._stale_wait = stale_wait
-        self._refresh_ahead = refresh_ahead
-        self._max_entries = max_entries
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._flights: dict[Key, _Flight] = {}
         # Keys whose last query failed: (until, failure).  Bounded like the
@@ -325,29 +527,78 @@ class CachingResolver(common.ResolverBase):
         self._backoff: OrderedDict[Key, tuple[float, BaseException]] = OrderedDict()
         self._stopped = False
         self._idle: list[defer.Deferred[None]] = []
-        self.counters = Counters(self._entries)
-
-    @classmethod
-    def from_config(cls, config: DNSConfig, reactor: Any = None, clock: Any = None) -> CachingResolver:
-        """
-        The cache and its upstream (L{Upstream.from_config}) for a C{[dns]}
-        table.  C{clock} defaults to C{reactor}, which defaults to the
-        global reactor.
-        """
-        if reactor is None:
-            from twisted.internet import reactor
-        return cls(
-            Upstream.from_config(config, reactor),
-            reactor if clock is None else clock,
-            min_ttl=config.min_ttl,
-            max_ttl=config.max_ttl,
-            max_negative_ttl=config.max_negative_ttl,
-            failure_backoff=config.failure_backoff,
-            max_stale=config.max_stale,
-            stale_wait=config.stale_wait,
-            refresh_ahead=config.refresh_ahead,
-            max_entries=config.max_entries,
+        self._retired: list[Any] = []
+        self._origin = Origin.UPSTREAM
+        self._generation = 0
+        self.counters = Counters(self._entries, self._flights)
+        self.configure(
+            min_ttl=min_ttl,
+            max_ttl=max_ttl,
+            max_negative_ttl=max_negative_ttl,
+            failure_backoff=failure_backoff,
+            max_stale=max_stale,
+            stale_wait=stale_wait,
+            refresh_ahead=refresh_ahead,
+            min_refresh=min_refresh,
+            max_entries=max_entries,
         )
+
+    def configure(self, **settings: Any) -> None:
+        """
+        Change settings (the keyword arguments of the constructor, but the
+        upstream and the clock) on the live cache.  Entries are kept; their
+        lifetimes are recomputed from the answers they hold on their next
+        use.  A smaller C{max_entries} evicts the least recently used
+        entries now.
+
+        @raise ValueError: for an unknown setting or C{max_entries} below 1.
+        """
+        unknown = set(settings) - set(_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown DNS cache settings: {', '.join(sorted(unknown))}")
+        if "max_entries" in settings and settings["max_entries"] < 1:
+            raise ValueError("max_entries must be at least 1")
+        for name, value in settings.items():
+            setattr(self, "_" + name, value)
+        self._generation += 1
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+            self.counters.evictions += 1
+        while len(self._backoff) > self._max_entries:
+            self._backoff.popitem(last=False)
+
+    def replace_upstream(self, upstream: Any) -> None:
+        """
+        Ask C{upstream} from now on.  Queries in flight on the old one
+        finish there; it is stopped once the cache is idle (or at L{stop}).
+        Failure back-offs are forgotten.
+        """
+        old, self.upstream = self.upstream, upstream
+        if old is upstream:
+            return
+        # Back-offs were earned by the old servers.
+        self._backoff.clear()
+        self._retired.append(old)
+        self.when_idle().addCallback(lambda _: self._stop_retired())
+
+    def _stop_retired(self) -> defer.Deferred[None]:
+        retired, self._retired = self._retired, []
+        stops = []
+        for upstream in retired:
+            stop = getattr(upstream, "stop", None)
+            if stop is not None:
+                stops.append(defer.maybeDeferred(stop))
+        return defer.gatherResults(stops).addCallback(lambda _: None)
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The cache's clock."""
+        return self._clock
+
+    @property
+    def max_entries(self) -> int:
+        """The current bound on entries."""
+        return self._max_entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -370,8 +621,11 @@ class CachingResolver(common.ResolverBase):
         now = self._clock.seconds()
         entry = self._entries.get(key)
         if entry is not None:
+            if entry.generation != self._generation:
+                self._schedule(entry)
             if now < entry.expires:
                 self._entries.move_to_end(key)
+                entry.hits += 1
                 if entry.negative is None:
                     self.counters.hits += 1
                     answer = self._answer(key, entry, HIT, now)
@@ -398,8 +652,14 @@ class CachingResolver(common.ResolverBase):
 
     def _stale(self, key: Key, entry: _Entry, now: float) -> defer.Deferred[Answer]:
         self._entries.move_to_end(key)
+        entry.hits += 1
         flight = self._flights.get(key)
-        if flight is None and self._clear(key, now):
+        if entry.planned:
+            # Expected to be stale for a moment (its refresh was planned
+            # for now, or not before now): never wait for the refresh.
+            if flight is None and now >= entry.refresh and self._clear(key, now):
+                self._fetch(key)
+        elif flight is None and self._clear(key, now):
             if self._stale_wait > 0:
                 return self._fetch(key, MISS, entry)
             self._fetch(key)
@@ -418,9 +678,9 @@ class CachingResolver(common.ResolverBase):
         del self._backoff[key]
         return True
 
-    def _answer(self, key: Key, entry: _Entry, state: str, now: float) -> Answer:
+    def _answer(self, key: Key, entry: _Entry, state: CacheState, now: float) -> Answer:
         left = entry.expires - now
-        if left > 0 and state != STALE:
+        if left > 0 and state is not STALE:
             # Whole seconds left, rounded down; the epsilon undoes float
             # error, so an answer just fetched keeps its full TTL.
             ttl = int(left + 1e-6)
@@ -438,18 +698,65 @@ class CachingResolver(common.ResolverBase):
             left,
         )
 
+    # ------------------------------------------------------------ lifetimes
+
+    def _clamped(self, entry: _Entry) -> float:
+        """The entry's lifetime under the current clamps."""
+        if entry.negative is None:
+            return min(max(entry.raw_ttl, self._min_ttl), self._max_ttl)
+        return min(entry.raw_ttl, self._max_negative_ttl)
+
+    def _schedule(self, entry: _Entry, planned: bool = False) -> None:
+        """
+        Set the entry's expiry and refresh point from its answer and the
+        current settings.
+
+        @param planned: refresh it at expiry, not ahead, whatever its AA
+            bit says.
+        """
+        ttl = self._clamped(entry)
+        entry.generation = self._generation
+        entry.expires = entry.fetched + ttl
+        floor = entry.fetched + self._min_refresh
+        if planned or not entry.auth or entry.decays:
+            # A caching upstream's copy: asking before it expires there
+            # gets the same copy back, with a smaller TTL.  Its TTLs are
+            # rounded down to whole seconds, so that copy outlives ours by
+            # up to a second; caches that count whole seconds (Unbound,
+            # BIND) drop it at the turn of a second.  Ask just after that.
+            entry.planned = True
+            entry.refresh = max(math.floor(entry.expires) + 1.0, floor)
+        elif self._refresh_ahead > 0:
+            entry.refresh = entry.fetched + ttl * (1 - self._refresh_ahead)
+            entry.planned = entry.refresh < floor
+            if entry.planned:
+                entry.refresh = floor
+        else:
+            entry.refresh = math.inf
+            entry.planned = ttl < self._min_refresh
+            if entry.planned:
+                entry.refresh = floor
+
+    def _keeps(self, entry: _Entry) -> bool:
+        """Whether an entry is worth keeping when it arrives."""
+        if entry.expires > entry.fetched:
+            return True
+        # Lifetime 0: kept for stale serving until its refresh, if RFC 8767
+        # serving is on and a refresh floor is set.
+        return entry.planned and self._max_stale > 0 and self._min_refresh > 0
+
     # ------------------------------------------------------------ upstream
 
-    def _fetch(self, key: Key, state: str | None = None, stale: _Entry | None = None) -> Any:
+    def _fetch(self, key: Key, state: CacheState | None = None, stale: _Entry | None = None) -> Any:
         """
         Ask upstream; with C{state}, return a waiter's L{Deferred}.  (The
         waiter joins before the query goes out: an upstream may answer at
         once.)
         """
-        flight = self._flights[key] = _Flight()
+        flight = self._flights[key] = _Flight(self._origin)
         waiting = None if state is None else self._join(key, flight, state, stale)
         self.counters.upstream_queries += 1
-        d = defer.maybeDeferred(self._upstream.query, dns.Query(key[0].encode("ascii"), key[1], key[2]))
+        d = defer.maybeDeferred(self.upstream.query, dns.Query(key[0].encode("ascii"), key[1], key[2]))
         d.addCallbacks(self._answered, self._failed, (key, flight), None, (key, flight))
         d.addErrback(self._broken, key, flight)
         return waiting
@@ -459,9 +766,9 @@ class CachingResolver(common.ResolverBase):
         log.failure("Handling the DNS answer for {name} failed", failure, name=key[0])
         for waiter in self._landed(key, flight):
             waiter.deferred.errback(failure)
-        self._checkIdle()
+        self._check_idle()
 
-    def _join(self, key: Key, flight: _Flight, state: str, stale: _Entry | None) -> defer.Deferred[Answer]:
+    def _join(self, key: Key, flight: _Flight, state: CacheState, stale: _Entry | None) -> defer.Deferred[Answer]:
         waiter = _Waiter(state, stale)
         waiter.deferred = defer.Deferred(lambda _: self._leave(flight, waiter))
         flight.waiters.append(waiter)
@@ -498,12 +805,12 @@ class CachingResolver(common.ResolverBase):
         # A waiter with a stale entry counts by how it is finally answered;
         # the others counted when they asked.
         if waiter.stale is not None:
-            if waiter.state == MISS:
+            if waiter.state is MISS:
                 self.counters.misses += 1
             else:
                 self.counters.merged += 1
 
-    def _orStale(self, key: Key, waiter: _Waiter, failure: Failure, now: float) -> None:
+    def _or_stale(self, key: Key, waiter: _Waiter, failure: Failure, now: float) -> None:
         """Fail a waiter, unless it has a stale entry that is still servable."""
         if waiter.stale is not None and now < waiter.stale.expires + self._max_stale:
             self.counters.stale += 1
@@ -552,8 +859,8 @@ class CachingResolver(common.ResolverBase):
             if len(self._backoff) > self._max_entries:
                 self._backoff.popitem(last=False)
         for waiter in waiters:
-            self._orStale(key, waiter, failure, now)
-        self._checkIdle()
+            self._or_stale(key, waiter, failure, now)
+        self._check_idle()
 
     def _settle(
         self,
@@ -568,28 +875,44 @@ class CachingResolver(common.ResolverBase):
         now = self._clock.seconds()
         waiters = self._landed(key, flight)
         if negative is None:
-            ttl = min(max(min(record.ttl for record in answers), self._min_ttl), self._max_ttl)
+            raw: float = min(record.ttl for record in answers)
+            auth = _authoritative(answers)
         else:
             soa = next((record for record in authority if record.type == dns.SOA), None)
             if soa is None:
                 # RFC 2308 says not to cache these at all; a short while
-                # stops a flood of repeats just as well.
-                ttl = self._max_negative_ttl
+                # (max_negative_ttl) stops a flood of repeats just as well.
+                raw = math.inf
             else:
-                ttl = min(soa.ttl, getattr(soa.payload, "minimum", soa.ttl), self._max_negative_ttl)
+                raw = min(soa.ttl, getattr(soa.payload, "minimum", soa.ttl))
             for record in answers:  # the CNAME chain that led here
-                ttl = min(ttl, record.ttl)
+                raw = min(raw, record.ttl)
+            auth = _authoritative(answers) and _authoritative(authority)
         entry = _Entry(
-            tuple(answers),
-            tuple(authority),
-            tuple(additional),
-            negative,
-            now + ttl,
-            now + ttl * (1 - self._refresh_ahead) if self._refresh_ahead > 0 else math.inf,
+            tuple(answers), tuple(authority), tuple(additional), negative, now, raw, auth, flight.origin
         )
-        self._backoff.pop(key, None)
         entries = self._entries
-        if ttl > 0:
+        old = entries.get(key)
+        self._schedule(entry)
+        if old is not None:
+            entry.hits = old.hits
+            if old.generation != self._generation:
+                self._schedule(old)
+            if now < old.expires and raw < old.raw_ttl and entry.expires < old.expires + 1.0:
+                # A refresh that expires no later than what it refreshed
+                # (give or take the rounding to whole seconds): the
+                # upstream handed back its own, decayed, copy.  Keep the
+                # old expiry, and refresh only after it, from now on.
+                entry.decays = True
+            elif old.decays:
+                entry.decays = True
+            if entry.decays:
+                self._schedule(entry, planned=True)
+                if old.expires > entry.expires:
+                    entry.expires = old.expires
+                    entry.refresh = max(entry.refresh, math.floor(old.expires) + 1.0)
+        self._backoff.pop(key, None)
+        if self._keeps(entry):
             entries[key] = entry
             entries.move_to_end(key)
             while len(entries) > self._max_entries:
@@ -602,14 +925,15 @@ class CachingResolver(common.ResolverBase):
         for waiter in waiters:
             self._count(waiter)
             waiter.deferred.callback(self._answer(key, entry, waiter.state, now))
-        self._checkIdle()
+        self._check_idle()
 
     # ------------------------------------------------------------ the rest
 
     def peek(self, name: str | bytes, type: int, cls: int = dns.IN) -> CacheEntry:
         """
         What the cache holds for C{name} and C{type}, without counting a
-        lookup, touching the LRU order or asking upstream.
+        lookup, touching the LRU order or asking upstream.  Public API, for
+        tests and tools.
         """
         key = (normalise(name), type, cls)
         now = self._clock.seconds()
@@ -617,6 +941,8 @@ class CachingResolver(common.ResolverBase):
         backoff = self._backoff.get(key)
         waits = max(0.0, backoff[0] - now) if backoff is not None else 0.0
         refreshing = key in self._flights
+        if entry is not None and entry.generation != self._generation:
+            self._schedule(entry)
         if entry is None or now >= entry.expires + self._max_stale:
             return CacheEntry(key[0], type, "absent", (), (), (), None, 0.0, 0.0, refreshing, waits)
         left = entry.expires - now
@@ -638,7 +964,99 @@ class CachingResolver(common.ResolverBase):
             entry.expires + self._max_stale - now,
             refreshing,
             waits,
+            entry.origin.value,
         )
+
+    def entries_status(self, limit: int) -> tuple[int, list[EntryStatus]]:
+        """
+        The number of entries, and at most C{limit} of them, most used
+        (hits) first, for a status page.  Counts and reorders nothing.
+        """
+        now = self._clock.seconds()
+        top = heapq.nlargest(max(0, limit), self._entries.items(), key=lambda item: item[1].hits)
+        statuses = []
+        for key, entry in top:
+            if entry.generation != self._generation:
+                self._schedule(entry)
+            left = entry.expires - now
+            if key in self._flights:
+                state = "refreshing"
+            elif left <= 0:
+                state = "stale"
+            elif entry.negative is not None:
+                state = "negative"
+            else:
+                state = "fresh"
+            statuses.append(
+                EntryStatus(key[0], dns.QUERY_TYPES.get(key[1], str(key[1])), state, left, entry.hits, entry.origin.value)
+            )
+        return len(self._entries), statuses
+
+    def saved_entries(self) -> Iterator[SavedEntry]:
+        """The entries still servable (stale ones too), most recently used first."""
+        now = self._clock.seconds()
+        for key, entry in reversed(self._entries.items()):
+            if entry.generation != self._generation:
+                self._schedule(entry)
+            if now >= entry.expires + self._max_stale:
+                continue
+            yield SavedEntry(
+                key[0],
+                key[1],
+                key[2],
+                entry.records,
+                entry.authority,
+                entry.additional,
+                entry.negative,
+                entry.raw_ttl,
+                entry.fetched,
+                entry.auth,
+                entry.hits,
+            )
+
+    def restore(self, saved: Iterable[SavedEntry]) -> int:
+        """
+        Add entries (most recently used first, as L{saved_entries} gives
+        them) that the cache does not hold, up to C{max_entries}; those past
+        C{max_stale} are skipped.  Each is served at once, stale if it
+        expired, and refreshed in the background on its first use after
+        its refresh point (or expiry).
+
+        @return: how many were added.
+        """
+        now = self._clock.seconds()
+        added: list[tuple[Key, _Entry]] = []
+        room = self._max_entries - len(self._entries)
+        for item in saved:
+            if len(added) >= room:
+                break
+            key = (item.name, item.type, item.cls)
+            if key in self._entries:
+                continue
+            entry = _Entry(
+                item.records,
+                item.authority,
+                item.additional,
+                item.negative,
+                item.fetched,
+                item.raw_ttl,
+                item.auth,
+                Origin.FILE,
+            )
+            entry.hits = item.hits
+            # Served stale at once after a restart, never waiting.
+            self._schedule(entry, planned=not item.auth)
+            entry.planned = True
+            if not (entry.expires > entry.fetched or self._keeps(entry)):
+                continue
+            if now >= entry.expires + self._max_stale:
+                continue
+            added.append((key, entry))
+        # Least recently used first into the LRU order.
+        for key, entry in reversed(added):
+            self._entries[key] = entry
+            self._entries.move_to_end(key, last=False)
+        return len(added)
 
     def prefetch(self, names: Iterable[str], types: Iterable[int] = (dns.A, dns.AAAA)) -> defer.Deferred[None]:
         """
@@ -649,19 +1067,23 @@ class CachingResolver(common.ResolverBase):
         """
         types = tuple(types)
         lookups = []
-        for name in dict.fromkeys(names):
-            try:
-                ipaddress.ip_address(name)
-                continue
-            except ValueError:
-                pass
-            for type in types:
-                d = self.query(name, type)
-                d.addErrback(self._prefetchFailed, name, type)
-                lookups.append(d)
+        self._origin = Origin.PREFETCH
+        try:
+            for name in dict.fromkeys(names):
+                try:
+                    ipaddress.ip_address(name)
+                    continue
+                except ValueError:
+                    pass
+                for type in types:
+                    d = self.query(name, type)
+                    d.addErrback(self._prefetch_failed, name, type)
+                    lookups.append(d)
+        finally:
+            self._origin = Origin.UPSTREAM
         return defer.gatherResults(lookups).addCallback(lambda _: None)
 
-    def _prefetchFailed(self, failure: Failure, name: str, type: int) -> None:
+    def _prefetch_failed(self, failure: Failure, name: str, type: int) -> None:
         log.warn(
             "Prefetching {name} {type} failed: {reason}",
             name=name,
@@ -677,7 +1099,7 @@ class CachingResolver(common.ResolverBase):
         self._idle.append(d)
         return d
 
-    def _checkIdle(self) -> None:
+    def _check_idle(self) -> None:
         if not self._flights and self._idle:
             idle, self._idle = self._idle, []
             for d in idle:
@@ -685,21 +1107,22 @@ class CachingResolver(common.ResolverBase):
 
     def stop(self) -> defer.Deferred[None]:
         """
-        Stop the upstream (its C{stop}, if it has one), then answer every
-        lookup still waiting: stale if it has a stale entry, else with
+        Stop the upstream (its C{stop}, if it has one, and those of
+        upstreams replaced earlier), then answer every lookup still
+        waiting: stale if it has a stale entry, else with
         L{defer.CancelledError}.  No timer is left behind.  The entries
         stay.
 
-        @return: fires when the upstream has stopped.
+        @return: fires when the upstreams have stopped.
         """
         self._stopped = True
-        stop = getattr(self._upstream, "stop", None)
-        stopped = defer.maybeDeferred(stop) if stop is not None else defer.succeed(None)
+        self._retired.append(self.upstream)
+        stopped = self._stop_retired()
         now = self._clock.seconds()
         for key, flight in list(self._flights.items()):
             for waiter in self._landed(key, flight):
-                self._orStale(key, waiter, Failure(defer.CancelledError("DNS cache stopped")), now)
-        self._checkIdle()
+                self._or_stale(key, waiter, Failure(defer.CancelledError("DNS cache stopped")), now)
+        self._check_idle()
         return stopped
 
 

@@ -79,23 +79,74 @@ def parse_resolv_conf(path: str) -> list[tuple[str, int]]:
     return servers
 
 
+class _QuietPorts:
+    """
+    Stands in for the C{log} module inside L{twisted.internet.udp}, dropping
+    the two lines each of our upstream query ports logs (one port per query,
+    for a random source port: RFC 5452) and passing everything else on.
+
+    Relies on L{twisted.internet.udp.Port} logging through its module's
+    global C{log.msg}, with exactly C{"%s starting on %s"} while it binds and
+    C{"(UDP Port %s Closed)"} in C{connectionLost} (Twisted 16 to 26).  If a
+    release changes that, the lines come back (noisy, not broken); the test
+    suite notices.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.binding = 0
+        self.closing: set[str] = set()
+
+    def msg(self, *message: Any, **kw: Any) -> None:
+        if len(message) == 1 and not kw:
+            text = message[0]
+            if text in self.closing:
+                self.closing.discard(text)
+                return
+            if self.binding and isinstance(text, str) and " starting on " in text:
+                return
+        self._log.msg(*message, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
+def _quiet_ports() -> _QuietPorts:
+    """The process's one L{_QuietPorts}, installed on first use."""
+    from twisted.internet import udp
+
+    quiet = udp.log
+    if not isinstance(quiet, _QuietPorts):
+        quiet = udp.log = _QuietPorts(udp.log)  # type: ignore[assignment]
+    return quiet
+
+
 class _Network:
     """
     The reactor as the client sees it: every UDP port and TCP connector the
     client opens is remembered, so that L{Upstream.stop} can close them.
+    UDP ports open and close without a log line (L{_QuietPorts}).
     """
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
+        self._quiet = _quiet_ports()
         self.datagram: weakref.WeakSet[Any] = weakref.WeakSet()
         self.connectors: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
         # One port per query (a random source port); not worth two log
-        # lines each.  (The port's own "starting on"/"Closed" lines are
-        # unconditional in Twisted.)
+        # lines each, nor the protocol's own start/stop lines.
         protocol.noisy = False
-        listening = self._reactor.listenUDP(port, protocol, interface, maxPacketSize)
+        quiet = self._quiet
+        quiet.binding += 1
+        try:
+            listening = self._reactor.listenUDP(port, protocol, interface, maxPacketSize)
+        finally:
+            quiet.binding -= 1
+        number = getattr(getattr(listening, "getHost", lambda: None)(), "port", None)
+        if number is not None:
+            quiet.closing.add(f"(UDP Port {number} Closed)")
         self.datagram.add(protocol)
         return listening
 
@@ -130,8 +181,32 @@ class _Client(client.Resolver):
                 d.callback(None)
 
 
+# -- Twisted internals the upstream leans on -------------------------------
+
+
+def _ask(resolver: client.Resolver, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
+    """
+    One query through Twisted's client.
+
+    Relies on L{client.Resolver._lookup}C{(name, cls, type, timeout)}
+    (private, unchanged since Twisted 8): the one entry point that takes
+    the class and any type without dispatching through C{lookupX}.  Without
+    it, the public C{query} (class IN and the types it maps) is used.
+    """
+    lookup = getattr(resolver, "_lookup", None)
+    if lookup is None:  # pragma: no cover - a Twisted without it
+        return resolver.query(dns.Query(name, type, cls), timeout)
+    return lookup(name, cls, type, timeout)
+
+
 def _abort(protocol: Any) -> None:
-    """Fail a DNS protocol's outstanding queries now and cancel their timers."""
+    """
+    Fail a DNS protocol's outstanding queries now and cancel their timers.
+
+    Relies on L{dns.DNSMixin.liveMessages}: a dict of query id to
+    C{(Deferred, IDelayedCall)} (unchanged since Twisted 8).  Without it
+    nothing is failed here, and the queries end by their own timeouts.
+    """
     live = getattr(protocol, "liveMessages", None) or {}
     for id in list(live):
         d, timer = live.pop(id)
@@ -212,7 +287,7 @@ class Upstream(common.ResolverBase):
         self._pending[result] = self._reactor.callLater(self.deadline, self._expire, result, name)
         # The client's Deferred is never cancelled: it has no canceller, and
         # its own timer would later fire it a second time.
-        query = defer.maybeDeferred(self.client._lookup, name, cls, type, timeout)
+        query = defer.maybeDeferred(_ask, self.client, name, cls, type, timeout)
         query.addBoth(self._done, result, name)
         return result
 

@@ -34,6 +34,15 @@ How it answers a query for (name, type):
 Every query received, answered or not, is logged (L{log}, L{queries_for},
 L{wait_for_queries}).
 
+L{DNSServer.forward_to} turns a server into a I{caching forwarder} in front
+of another (an authority), the way Unbound or systemd-resolved sit between
+sniproxy and the authority: a miss asks the authority (through its
+answering code, logged in its log, held back by its delays, on C{clock}),
+the answer is kept until its smallest TTL runs out, and every answer is
+non-authoritative (AA clear) with each record's I{remaining} TTL, rounded
+down to whole seconds, as Unbound serves them (Unbound's clock counts
+whole seconds: see L{_Copy}).
+
 Run C{python -m sniproxy.testing.dns --records FILE} to serve a JSON file of
 records from a child process (see L{DNSServer.load} for the format); with
 C{--control} it also takes commands on standard input, one a line, each
@@ -46,6 +55,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -89,6 +99,27 @@ class QueryRecord:
     type: int
     protocol: str
     time: float
+
+
+class _Copy:
+    """
+    A caching forwarder's copy of the authority's answer, kept as Unbound
+    keeps one: on a clock of whole seconds.  Fetched at time C{f}, a record
+    with TTL C{t} is served with TTL C{floor(f) + t - floor(now)}, and the
+    copy is dropped once C{floor(now)} passes C{floor(f)} plus its smallest
+    TTL (so a TTL 0 answer is reused until the turn of the second).
+    """
+
+    __slots__ = ("response", "fetched", "expires")
+
+    def __init__(self, response: dns.Message, fetched: float) -> None:
+        self.response = response
+        self.fetched = math.floor(fetched + 1e-9)
+        ttls = [r.ttl for r in (*response.answers, *response.authority)]
+        self.expires = self.fetched + (min(ttls) if ttls else 0)
+
+    def valid(self, now: float) -> bool:
+        return math.floor(now + 1e-9) <= self.expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +214,10 @@ class DNSServer:
         self._closed: list[defer.Deferred[None]] = []
         self._udp: Any = None
         self._tcp: Any = None
+        self._authority: DNSServer | None = None
+        self._forward_aa = False
+        self._copies: dict[tuple[str, int], _Copy] = {}
+        self._fetching: dict[tuple[str, int], list[tuple[dns.Message, Any, Any]]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -320,6 +355,28 @@ class DNSServer:
         """Forget a zone: negative answers for its names carry no SOA."""
         self._zones.pop(_normal(zone), None)
 
+    def forward_to(self, authority: DNSServer | None, *, authoritative: bool = False) -> None:
+        """
+        Answer as a caching forwarder in front of C{authority} (see the
+        module docstring); C{None} makes this server authoritative again.
+        The copies start empty.
+
+        @param authoritative: set AA on the decayed answers anyway (a
+            caching server that claims authority).
+        """
+        self._authority = authority
+        self._forward_aa = authoritative
+        self._copies.clear()
+
+    @property
+    def held(self) -> int:
+        """How many answers are being held back (by a delay) now."""
+        return sum(1 for call in self._sends if call.active())
+
+    def flush(self) -> None:
+        """Forget the caching forwarder's copies (a restarted Unbound)."""
+        self._copies.clear()
+
     def set_rcode(self, name: str, rcode: int | None) -> None:
         """
         Answer every query for C{name} with C{rcode} (C{dns.ESERVER},
@@ -444,8 +501,13 @@ class DNSServer:
             self._waiters[:0] = [w for w in waiting if not self._check(w)]
 
     def _respond(self, message: dns.Message, name: str, type: int, protocol: Any, address: Any) -> None:
+        if self._authority is not None and name not in self._rcodes:
+            self._forward(message, name, type, protocol, address)
+            return
+        self._deliver(self._answer(message, name, type), name, protocol, address, self._delays.get(name, self.delay))
+
+    def _deliver(self, response: dns.Message, name: str, protocol: Any, address: Any, delay: float) -> None:
         tcp = address is None
-        response = self._answer(message, name, type)
         # dns.Message truncates to maxSize (512 by default) and sets TC; over
         # TCP that would make the client retry forever.
         response.maxSize = 0
@@ -456,14 +518,69 @@ class DNSServer:
             else:
                 # Message.encode cuts the answer to this size and sets TC.
                 response.maxSize = UDP_PAYLOAD_SIZE
-        delay = self._delays.get(name, self.delay)
         if delay > 0:
-            call = self._clock.callLater(delay, self._sendLater, protocol, response, address)
+            call = self._clock.callLater(delay, self._send_later, protocol, response, address)
             self._sends.add(call)
         else:
             self._send(protocol, response, address)
 
-    def _sendLater(self, protocol: Any, response: dns.Message, address: Any) -> None:
+    # ------------------------------------------------------------ forwarding
+
+    def _forward(self, message: dns.Message, name: str, type: int, protocol: Any, address: Any) -> None:
+        key = (name, type)
+        now = self._clock.seconds()
+        copy = self._copies.get(key)
+        if copy is not None and copy.valid(now):
+            self._deliver(self._decayed(message, copy, now), name, protocol, address, self.delay)
+            return
+        waiting = self._fetching.get(key)
+        if waiting is not None:
+            waiting.append((message, protocol, address))
+            return
+        self._fetching[key] = [(message, protocol, address)]
+        authority = self._authority
+        assert authority is not None
+        authority.log.append(QueryRecord(name, type, "udp", now))
+        delay = authority._delays.get(name, authority.delay)
+        if delay > 0:
+            call = self._clock.callLater(delay, self._fetched, key, message)
+            self._sends.add(call)
+        else:
+            self._fetched(key, message)
+
+    def _fetched(self, key: tuple[str, int], message: dns.Message) -> None:
+        self._sends = {call for call in self._sends if call.active()}
+        authority = self._authority
+        waiting = self._fetching.pop(key, [])
+        if authority is None:
+            return
+        query = dns.Message(id=message.id, recDes=1)
+        query.queries = [dns.Query(key[0], key[1])]
+        copy = _Copy(authority._answer(query, key[0], key[1]), self._clock.seconds())
+        self._copies[key] = copy
+        for asked, protocol, address in waiting:
+            self._deliver(self._decayed(asked, copy, self._clock.seconds()), key[0], protocol, address, self.delay)
+
+    def _decayed(self, message: dns.Message, copy: _Copy, now: float) -> dns.Message:
+        """The copy as a caching resolver serves it: AA clear, TTLs left."""
+        original = copy.response
+        response = dns.Message(id=message.id, answer=1, opCode=message.opCode, recDes=message.recDes, recAv=1, auth=int(self._forward_aa))
+        response.rCode = original.rCode
+        response.queries = list(message.queries)
+        age = math.floor(now + 1e-9) - copy.fetched
+
+        def left(records: list[dns.RRHeader]) -> list[dns.RRHeader]:
+            return [
+                dns.RRHeader(r.name.name, r.type, r.cls, max(0, r.ttl - age), r.payload, auth=self._forward_aa)
+                for r in records
+            ]
+
+        response.answers = left(original.answers)
+        response.authority = left(original.authority)
+        response.additional = left(original.additional)
+        return response
+
+    def _send_later(self, protocol: Any, response: dns.Message, address: Any) -> None:
         self._sends = {call for call in self._sends if call.active()}
         self._send(protocol, response, address)
 
@@ -514,16 +631,16 @@ class DNSServer:
             stored = [(type, ttl, p) for ttl, p in types.get(type, ())]
         found = [dns.RRHeader(name, t, dns.IN, ttl, p, auth=True) for t, ttl, p in stored]
         if type in (dns.SOA, dns.ALL_RECORDS) and name in self._zones:
-            found.append(self._soaRecord(name))
+            found.append(self._soa_record(name))
         return found
 
     def _soa(self, name: str) -> dns.RRHeader | None:
         for zone in [*_ancestors(name), ""]:
             if zone in self._zones:
-                return self._soaRecord(zone)
+                return self._soa_record(zone)
         return None
 
-    def _soaRecord(self, zone: str) -> dns.RRHeader:
+    def _soa_record(self, zone: str) -> dns.RRHeader:
         soa = self._zones[zone]
         payload = dns.Record_SOA(
             mname=b"ns.test",
@@ -552,40 +669,53 @@ class _Control:
     A bad command gets C{error: <why>}.  End of input stops the server.
     """
 
-    def __init__(self, server: DNSServer) -> None:
+    def __init__(self, server: DNSServer, authority: DNSServer | None = None) -> None:
+        """
+        @param authority: for a caching forwarder, the authority behind it:
+            C{delay}, C{outage} and C{ttl} act on the authority, C{stats}
+            and C{reset} on the forwarder (what the proxy asked), C{stats}
+            adding C{"authority_queries"}.
+        """
         self.server = server
+        self.authority = authority
 
     def command(self, line: str) -> str:
         words = line.split()
         if not words:
             return "error: empty command"
         verb, arguments = words[0].lower(), words[1:]
+        records = self.authority or self.server
         try:
             if verb == "delay" and len(arguments) == 1:
-                self.server.delay = max(0.0, float(arguments[0]))
-                return f"ok delay {self.server.delay:g}"
+                records.delay = max(0.0, float(arguments[0]))
+                return f"ok delay {records.delay:g}"
             if verb == "outage" and arguments in (["on"], ["off"]):
-                self.server.outage = arguments[0] == "on"
+                records.outage = arguments[0] == "on"
                 return f"ok outage {arguments[0]}"
             if verb == "ttl" and len(arguments) in (1, 2):
-                changed = self.server.set_ttl(int(arguments[0]), *arguments[1:])
+                changed = records.set_ttl(int(arguments[0]), *arguments[1:])
                 return f"ok ttl {int(arguments[0])} records={changed}"
             if verb == "stats" and not arguments:
                 names = collections.Counter(q.name for q in self.server.log)
-                return json.dumps({"queries": len(self.server.log), "names": dict(names)}, sort_keys=True)
+                stats: dict[str, Any] = {"queries": len(self.server.log), "names": dict(names)}
+                if self.authority is not None:
+                    stats["authority_queries"] = len(self.authority.log)
+                return json.dumps(stats, sort_keys=True)
             if verb == "reset" and not arguments:
                 self.server.reset_log()
+                if self.authority is not None:
+                    self.authority.reset_log()
                 return "ok reset"
         except ValueError as error:
             return f"error: {error}"
         return f"error: unknown command {line.strip()[:80]!r}"
 
 
-def _serve_control(server: DNSServer, reactor: Any) -> None:
+def _serve_control(server: DNSServer, reactor: Any, authority: DNSServer | None = None) -> None:
     from twisted.internet import stdio
     from twisted.protocols.basic import LineReceiver
 
-    control = _Control(server)
+    control = _Control(server, authority)
 
     class Lines(LineReceiver):
         delimiter = b"\n"
@@ -604,8 +734,10 @@ def _serve_control(server: DNSServer, reactor: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """
     C{python -m sniproxy.testing.dns [--interface I] [--port N] [--records
-    FILE.json] [--delay S] [--control]}: serve until killed (or, with
-    C{--control}, until standard input closes).  Prints C{"<host> <port>"}
+    FILE.json] [--delay S] [--control] [--caching]}: serve until killed (or,
+    with C{--control}, until standard input closes).  With C{--caching} the
+    port is a caching forwarder's, in front of an authority (on a port of
+    its own) that holds the records and takes the delay.  Prints C{"<host> <port>"}
     on a line once listening.
     """
     from twisted.internet import reactor
@@ -620,17 +752,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="take commands on stdin (delay S, outage on|off, ttl S [NAME], stats, reset); exit at its end",
     )
+    parser.add_argument(
+        "--caching",
+        action="store_true",
+        help="serve as a caching forwarder (decayed TTLs, AA clear) in front of an authority holding the records",
+    )
     options = parser.parse_args(argv)
-    dnsServer = DNSServer(interface=options.interface)
+    dns_server = DNSServer(interface=options.interface)
+    records = dns_server
+    if options.caching:
+        records = DNSServer(interface=options.interface)
+        records.start()
+        dns_server.forward_to(records)
     if options.records:
         with open(options.records) as f:
-            dnsServer.load(json.load(f))
+            records.load(json.load(f))
     if options.delay is not None:
-        dnsServer.delay = options.delay
-    dnsServer.start(options.port)
-    print(f"{dnsServer.interface} {dnsServer.port}", flush=True)
+        records.delay = options.delay
+    dns_server.start(options.port)
+    print(f"{dns_server.interface} {dns_server.port}", flush=True)
     if options.control:
-        _serve_control(dnsServer, reactor)
+        _serve_control(dns_server, reactor, records if options.caching else None)
     reactor.run()  # type: ignore[attr-defined]
 
 

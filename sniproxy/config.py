@@ -79,12 +79,28 @@ class AppBackend:
 
 @dataclass(frozen=True, slots=True)
 class AppConfig:
+    """
+    @ivar balance: how the next connection picks an instance:
+        C{"least-connections"}, C{"first"} (config-order failover) or
+        C{"random"}.
+    @ivar max_connections: live connections to this app at most; 0 = no limit.
+    """
+
     backends: tuple[AppBackend, ...]
     proxy_protocol: int = 0
+    balance: str = "least-connections"
+    max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
+    """
+    @ivar allow_clients: client networks (CIDR) let in; empty = everyone.
+    @ivar deny_clients: client networks refused at once; wins over allow_clients.
+    @ivar eject_base: seconds an app instance is skipped after its first failed connect.
+    @ivar eject_max: the longest back-off (it doubles with each failed probe).
+    """
+
     listen: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
     hello_timeout: float = 5.0
     max_hello_bytes: int = 65536
@@ -100,6 +116,10 @@ class ProxyConfig:
     max_pending_per_name: int = 1000
     accept_proxy_from: tuple[str, ...] = ()
     splice: bool = True
+    allow_clients: tuple[str, ...] = ()
+    deny_clients: tuple[str, ...] = ()
+    eject_base: float = 1.0
+    eject_max: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,8 +503,14 @@ def _proxy(table: _Table) -> ProxyConfig:
         max_pending_per_name=table.get("max_pending_per_name", default.max_pending_per_name, _integer(0)),
         accept_proxy_from=table.get("accept_proxy_from", (), _list(_via(_network))),
         splice=table.get("splice", True, _boolean),
+        allow_clients=table.get("allow_clients", (), _list(_via(_network))),
+        deny_clients=table.get("deny_clients", (), _list(_via(_network))),
+        eject_base=table.get("eject_base", default.eject_base, positive),
+        eject_max=table.get("eject_max", default.eject_max, positive),
     )
     table.done()
+    if config.eject_max < config.eject_base:
+        raise ConfigError(table.key("eject_max"), f"must be at least proxy.eject_base ({config.eject_base:g}), got {config.eject_max:g}")
     if not config.listen:
         raise ConfigError(table.key("listen"), "needs at least one endpoint")
     return config
@@ -593,10 +619,14 @@ def _apps(table: _Table) -> dict[str, AppConfig]:
         app = table.table(app_id)
         backends = app.get("backends", None, _list(_via(backend)))
         proxy_protocol = app.get("proxy_protocol", 0, _proxy_protocol)
+        balance = app.get("balance", "least-connections", _choice("least-connections", "first", "random"))
+        max_connections = app.get("max_connections", 0, _integer(0))
         app.done()
         if not backends:
             raise ConfigError(app.key("backends"), "needs at least one 'host' or 'host:port'")
-        apps[normal] = AppConfig(backends=backends, proxy_protocol=proxy_protocol)
+        apps[normal] = AppConfig(
+            backends=backends, proxy_protocol=proxy_protocol, balance=balance, max_connections=max_connections
+        )
     table.done()
     return apps
 

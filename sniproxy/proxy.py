@@ -26,12 +26,15 @@ from zope.interface import implementer
 
 from sniproxy import alerts, proxyprotocol
 from sniproxy.accesslog import AccessLog
+from sniproxy.backends import is_acme
+from sniproxy.clientnets import ClientNetworks, RefusalLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig
 from sniproxy.connect import ConnectError, connect
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxyprotocol import ProxyHeader, ProxyHeaderError, parse_proxy_header
+from sniproxy.record import ConnectionRecord, Outcome
 from sniproxy.relay import BackendConnection, Relay
 from sniproxy.splice import PipePool
 from sniproxy.routing import Router
@@ -75,6 +78,8 @@ class ClientConnection(Protocol):
     # Bytes of an inbound PROXY header so far; None when none is expected.
     inbound: bytes | None = None
     proxied: ProxyHeader | None = None
+    # The instance connected to, as the route named it.
+    backend_address: Address | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -150,6 +155,8 @@ class ClientConnection(Protocol):
         if header.source is not None:
             self.proxied = header
             self.client = f"{Address(*header.source)} via {self.client}"
+            if self.factory.clients is not None and self.factory.refuse_client(self, header.source[0]):
+                return b""
         return buffered[consumed:]
 
     def readConnectionLost(self) -> None:
@@ -202,13 +209,20 @@ class ClientConnection(Protocol):
             return
         self.route = route
         settings = self.settings
+        backends, board = route.backends, self.factory.board
+        if board is not None:
+            backends = board.admit(route, self.hello.alpn)
+            if backends is None:
+                self.factory.app_over_limit(self, route.app, board.live(route.app))
+                return
         d = self.pending = connect(
             self.factory.reactor,
             self.clock,
-            route.backends,
+            backends,
             BackendConnection,
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
+            health=board if route.app is not None else None,
         )
         d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, "backend unreachable"))
         d.addErrback(self._crashed)
@@ -235,6 +249,7 @@ class ClientConnection(Protocol):
         self.connected_at = self.clock.seconds()
         self.outcome = "relayed"
         self.backend = _peer(backend.transport.getPeer())
+        self.backend_address = getattr(backend, "address", None)
         relay = Relay(
             self.transport,
             backend.transport,
@@ -322,6 +337,25 @@ class ClientConnection(Protocol):
             "reason": self.reason,
         }
 
+    def record(self) -> ConnectionRecord:
+        """This closed connection as a L{ConnectionRecord}, for the record observers."""
+        hello, route, relay = self.hello, self.route, self.relay
+        proxied = self.proxied
+        return ConnectionRecord(
+            client=proxied.source[0] if proxied is not None and proxied.source else self.address_key,
+            sni=hello.server_name if hello is not None else None,
+            outcome=Outcome(self.outcome or "client closed"),
+            reason=self.reason,
+            source=route.source if route is not None else None,
+            app=route.app if route is not None else None,
+            backend=self.backend_address,
+            cache=route.cache if route is not None else "",
+            bytes_up=relay.up if relay is not None else 0,
+            bytes_down=relay.down if relay is not None else 0,
+            started=self.started,
+            duration=(self.ended if self.ended is not None else self.clock.seconds()) - self.started,
+        )
+
     def abort(self, reason: str) -> None:
         """Close this connection now, whatever state it is in."""
         if self.relay is not None:
@@ -335,7 +369,7 @@ class ClientConnection(Protocol):
         self.timer = None
         self.reject("hello timeout", f"no complete ClientHello within {self.settings.hello_timeout:g}s", None)
 
-    def reject(self, outcome: str, detail: str, alert: int | None) -> None:
+    def reject(self, outcome: str, detail: str, alert: int | None, quiet: bool = False) -> None:
         """
         Refuse this connection: log one line, write the TLS alert (if any)
         in the client's record version, half-close, and drop the connection
@@ -343,19 +377,21 @@ class ClientConnection(Protocol):
 
         @param outcome: the kind of rejection, for metrics and the access log.
         @param detail: what exactly went wrong, for the log line.
+        @param quiet: log nothing (the caller logs, rate-limited).
         """
         if not self.transport.connected:
             return  # the client left while we decided
         self.outcome = outcome
         self.reason = f"{outcome}: {detail}" if detail else outcome
         hello = self.hello
-        log.info(
-            "rejected {client} sni={sni}: {reason}",
-            client=self.client,
-            sni=(hello.server_name or "-") if hello is not None else "-",
-            outcome=outcome,
-            reason=self.reason,
-        )
+        if not quiet:
+            log.info(
+                "rejected {client} sni={sni}: {reason}",
+                client=self.client,
+                sni=(hello.server_name or "-") if hello is not None else "-",
+                outcome=outcome,
+                reason=self.reason,
+            )
         parser, self.parser = self.parser, None
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
@@ -393,6 +429,12 @@ class ProxyFactory(Factory):
         self.clock = clock if clock is not None else reactor
         self.access_log = access_log
         self.metrics = metrics
+        # The service's BackendBoard (balancing, health, app caps), if any,
+        # and the callables given each closed connection's record.
+        self.board = None
+        self.record_observers: list = []
+        self._denied_log = RefusalLog(log, self.clock)
+        self._app_limit_log = RefusalLog(log, self.clock)
         self.reconfigure(settings, router)
         self.connections: set[ClientConnection] = set()
         self._per_client: dict[str, int] = {}
@@ -407,6 +449,35 @@ class ProxyFactory(Factory):
         self.settings = settings
         self.router = router
         self._trusted = tuple(ipaddress.ip_network(network) for network in settings.accept_proxy_from)
+        self.clients = ClientNetworks.from_config(settings.allow_clients, settings.deny_clients)
+
+    def refuse_client(self, connection: ClientConnection | None, host: str, addr=None) -> bool:
+        """
+        Judge a client address against C{allow_clients}/C{deny_clients}:
+        a refused one is logged (rate-limited), counted (outcome
+        C{denied}) and its connection closed at once.
+
+        @return: whether the client was refused.
+        """
+        why = self.clients.refuses(host)
+        if why is None:
+            return False
+        if connection is None:
+            self._denied_log.refused(str(Address(host, getattr(addr, "port", 0))), why)
+            if self.metrics is not None:
+                self.metrics.connections.labels("denied").inc()
+        else:
+            self._denied_log.refused(connection.client, why)
+            connection.outcome = "denied"
+            connection.reason = f"denied: {why}"
+            connection.transport.abortConnection()
+        return True
+
+    def app_over_limit(self, connection: ClientConnection, app: str, live: int) -> None:
+        """Refuse a connection over its app's C{max_connections} with C{internal_error}, logged rate-limited."""
+        reason = f"app {app} has {live} connections open (apps.{app}.max_connections)"
+        self._app_limit_log.refused(connection.client, f"sni={connection.hello.server_name or '-'}: {reason}")
+        connection.reject("over limit", reason, alerts.INTERNAL_ERROR, quiet=True)
 
     def trusts_proxy_header(self, peer) -> bool:
         """Whether C{peer} is a load balancer allowed (and expected) to send a PROXY header."""
@@ -427,6 +498,8 @@ class ProxyFactory(Factory):
         """
         settings = self.settings
         host = getattr(addr, "host", "")
+        if self.clients is not None and not self.trusts_proxy_header(addr) and self.refuse_client(None, host, addr):
+            return None
         open_now = len(self.connections)
         if settings.max_connections and open_now >= settings.max_connections:
             self._over_limit(host, addr, f"{open_now} connections open (proxy.max_connections)")
@@ -483,6 +556,11 @@ class ProxyFactory(Factory):
             self.metrics.connection_closed(connection)
         if self.access_log:
             self.access_log.write(connection.access_record())
+        observers = self.record_observers
+        if observers:
+            record = connection.record()
+            for observer in observers:
+                observer(record)
         if not self.connections and self._drained:
             drained, self._drained = self._drained, []
             for d in drained:

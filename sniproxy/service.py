@@ -19,6 +19,7 @@ from sniproxy.accesslog import AccessLog, cannot_open
 from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.admin import admin_site
 from sniproxy.apps import AppRegistry
+from sniproxy.backends import BackendBoard
 from sniproxy.config import Config, ConfigError, load_config
 from sniproxy.dns.cache import CachingResolver
 from sniproxy.dns.service import DNSService
@@ -158,6 +159,13 @@ class ProxyService(MultiService):
         )
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
         self.factory.metrics = self.metrics
+        # Balancing, passive health, app caps and per-app counters: one
+        # board for the life of the service, reconfigured on reload.
+        self.backends = BackendBoard(self.clock)
+        self.backends.configure(config)
+        self.factory.board = self.backends
+        self.factory.record_observers.append(self.backends.record_closed)
+        self.metrics.registry.register(self.backends.collector())
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
@@ -222,7 +230,8 @@ class ProxyService(MultiService):
         return admin_site(
             self.metrics.registry,
             lambda name: explain(
-                lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name
+                lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name,
+                board=self.backends,
             ),
         )
 
@@ -276,6 +285,7 @@ class ProxyService(MultiService):
             return False
         old, self.config = self.config, config
         self.factory.reconfigure(config.proxy, router)
+        self.backends.configure(config)
         self._close_old_ports(config, opened)
         changed = [
             name

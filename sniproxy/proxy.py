@@ -477,6 +477,8 @@ class ProxyFactory(Factory):
         """Refuse a connection over its app's C{max_connections} with C{internal_error}, logged rate-limited."""
         reason = f"app {app} has {live} connections open (apps.{app}.max_connections)"
         self._app_limit_log.refused(connection.client, f"sni={connection.hello.server_name or '-'}: {reason}")
+        # Set first: this connection was never counted live for the app.
+        connection.outcome = "over limit"
         connection.reject("over limit", reason, alerts.INTERNAL_ERROR, quiet=True)
 
     def trusts_proxy_header(self, peer) -> bool:

@@ -376,7 +376,7 @@ class BackendBoard:
         label.bytes_up += up
         label.bytes_down += down
         # A connection refused by the app's cap was never counted live.
-        if outcome is not Outcome.OVER_LIMIT:
+        if outcome != Outcome.OVER_LIMIT:
             label.live -= 1
             if label.live <= 0 and not label.configured:
                 self._labels.pop(label.name, None)

@@ -26,7 +26,6 @@ from zope.interface import implementer
 
 from sniproxy import alerts, proxyprotocol
 from sniproxy.accesslog import AccessLog
-from sniproxy.backends import is_acme
 from sniproxy.clientnets import ClientNetworks, RefusalLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig

@@ -73,7 +73,7 @@ class LoopbackTestCase(TestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
-    def proxy(self, ports, app: str = "", proxy: str = "", randoms=None, clock: Clock | None = None):
+    def proxy(self, ports, app: str = "", proxy: str = "", randoms=None, clock: Clock | None = None, extra: str = ""):
         backends = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
         service, port = running_proxy(
             self,
@@ -87,6 +87,7 @@ class LoopbackTestCase(TestCase):
             [apps.shop]
             backends = [{backends}]
             {app}
+            {extra}
             """,
         )
         if randoms is not None:
@@ -279,3 +280,37 @@ class MetricsTests(LoopbackTestCase):
         self.assertNotIn("example.com", text.replace(f"127.0.0.1", ""))
         for port in self.ports:
             self.assertIn(f'sniproxy_backend_up{{address="127.0.0.1:{port}",app="shop"}} 1.0', text)
+
+
+class AdminTests(LoopbackTestCase):
+    @inlineCallbacks
+    def test_explain_and_metrics_show_health(self):
+        """The admin endpoint's /explain and /metrics show an ejected instance."""
+        import json
+
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+        dead = port.getHost().port
+        yield port.stopListening()
+        service = self.proxy(
+            [dead, self.ports[1]], app='balance = "first"', extra='[admin]\nlisten = "tcp:0:interface=127.0.0.1"'
+        )
+        self.assertEqual((yield self.get()), b"two")
+        pool = HTTPConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        admin = f"http://127.0.0.1:{service.admin_port.getHost().port}"
+        response = yield treq.get(admin + "/explain", params={"name": NAME}, pool=pool)
+        result = json.loads((yield response.text()))
+        instances = result["route"]["instances"]
+        self.assertEqual(
+            [(i["address"], i["state"], i["live"]) for i in instances],
+            [(f"127.0.0.1:{dead}", "ejected", 0), (f"127.0.0.1:{self.ports[1]}", "up", 0)],
+        )
+        self.assertGreater(instances[0]["ejected_for"], 0)
+        response = yield treq.get(admin + "/metrics", pool=pool)
+        text = yield response.text()
+        self.assertIn(f'sniproxy_backend_up{{address="127.0.0.1:{dead}",app="shop"}} 0.0', text)
+        self.assertIn(f'sniproxy_backend_connect_failures_total{{address="127.0.0.1:{dead}",app="shop"}} 1.0', text)
+        self.assertIn('sniproxy_app_connections_total{app="shop",outcome="relayed"} 1.0', text)

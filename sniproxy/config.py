@@ -114,10 +114,16 @@ class AppConfig:
     @ivar backends: the app's instances, in order (at least one).
     @ivar proxy_protocol: 0, or the PROXY protocol version (1 or 2) its
         instances expect.
+    @ivar balance: how the next connection picks an instance:
+        C{"least-connections"}, C{"first"} (config-order failover) or
+        C{"random"}.
+    @ivar max_connections: live connections to this app at most; 0 = no limit.
     """
 
     backends: tuple[AppBackend, ...]
     proxy_protocol: int = 0
+    balance: str = "least-connections"
+    max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +162,10 @@ class ProxyConfig:
     @ivar max_lifetime: seconds a relayed connection may live, counted from
         accept (0 = no limit); checked about once a second, and a reload's
         value applies to connections already open.
+    @ivar allow_clients: client networks (CIDR) let in; empty = everyone.
+    @ivar deny_clients: client networks refused at once; wins over allow_clients.
+    @ivar eject_base: seconds an app instance is skipped after its first failed connect.
+    @ivar eject_max: the longest back-off (it doubles with each failed probe).
     """
 
     listen: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
@@ -174,6 +184,10 @@ class ProxyConfig:
     accept_proxy_from: tuple[str, ...] = ()
     splice: bool = True
     max_lifetime: float = 0.0
+    allow_clients: tuple[str, ...] = ()
+    deny_clients: tuple[str, ...] = ()
+    eject_base: float = 1.0
+    eject_max: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,8 +700,14 @@ def _proxy(table: _Table) -> ProxyConfig:
         accept_proxy_from=table.get("accept_proxy_from", default.accept_proxy_from, _list(_via(_network))),
         splice=table.get("splice", default.splice, _boolean),
         max_lifetime=table.get("max_lifetime", default.max_lifetime, _number()),
+        allow_clients=table.get("allow_clients", default.allow_clients, _list(_via(_network))),
+        deny_clients=table.get("deny_clients", default.deny_clients, _list(_via(_network))),
+        eject_base=table.get("eject_base", default.eject_base, positive),
+        eject_max=table.get("eject_max", default.eject_max, positive),
     )
     table.done()
+    if config.eject_max < config.eject_base:
+        raise ConfigError(table.key("eject_max"), f"must be at least proxy.eject_base ({config.eject_base:g}), got {config.eject_max:g}")
     if not config.listen:
         raise ConfigError(table.key("listen"), "needs at least one endpoint")
     return config
@@ -799,10 +819,14 @@ def _apps(table: _Table) -> dict[str, AppConfig]:
         app = table.table(app_id)
         backends = app.get("backends", None, _list(_via(backend)))
         proxy_protocol = app.get("proxy_protocol", _default(AppConfig, "proxy_protocol"), _proxy_protocol)
+        balance = app.get("balance", _default(AppConfig, "balance"), _choice("least-connections", "first", "random"))
+        max_connections = app.get("max_connections", _default(AppConfig, "max_connections"), _integer(0))
         app.done()
         if not backends:
             raise ConfigError(app.key("backends"), "needs at least one 'host' or 'host:port'")
-        apps[normal] = AppConfig(backends=backends, proxy_protocol=proxy_protocol)
+        apps[normal] = AppConfig(
+            backends=backends, proxy_protocol=proxy_protocol, balance=balance, max_connections=max_connections
+        )
     table.done()
     return apps
 

@@ -6,6 +6,15 @@ connected by then (or failed sooner) the next one starts too, and so on,
 happy-eyeballs style (RFC 8305).  The first connection to be established
 wins; the others are abandoned.  The whole attempt is bounded by
 C{timeout}.
+
+A I{health} observer (L{sniproxy.backends.BackendBoard}) may hear how each
+address fared: C{attempt_won(address)} for the winner,
+C{attempt_failed(address, why)} for a refused, reset or timed-out attempt
+-- and for one abandoned because another address won after this one had
+had at least its full stagger head start (a black-holed instance looks
+exactly like that) -- and C{attempt_dropped(address)} for an attempt
+abandoned with no verdict (the client left, or it had not had its head
+start yet).
 """
 
 from __future__ import annotations
@@ -34,9 +43,10 @@ class _Attempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, race: _Race, address: Address) -> None:
+    def __init__(self, race: _Race, address: Address, started: float) -> None:
         self.race = race
         self.address = address
+        self.started = started
         self.connector = None
 
     def buildProtocol(self, addr):
@@ -57,8 +67,10 @@ class _Race:
         build: Callable[[Callable[[Protocol], None]], Protocol],
         timeout: float,
         stagger: float,
+        health=None,
     ) -> None:
         self.reactor = reactor
+        self.health = health
         self.clock = clock
         self.addresses = list(addresses)
         self.build = build
@@ -77,7 +89,7 @@ class _Race:
             return
         address = self.addresses[self.started]
         self.started += 1
-        attempt = _Attempt(self, address)
+        attempt = _Attempt(self, address, self.clock.seconds())
         self.pending.append(attempt)
         remaining = max(self.deadline - self.clock.seconds(), 0.001)
         # The connector's own timeout is a backstop; ours fires first.
@@ -92,14 +104,34 @@ class _Race:
             # Another address won (or we gave up) while this one connected.
             return None
         self.pending.remove(attempt)
+        health = self.health
+        if health is not None:
+            health.attempt_won(attempt.address)
+            now = self.clock.seconds()
+            for other in self.pending:
+                if self.stagger > 0 and now - other.started >= self.stagger:
+                    health.attempt_failed(other.address, "no connection within the stagger while another instance connected")
+                else:
+                    health.attempt_dropped(other.address)
+            self.pending_reported = True
         self.finish()
-        return self.build(self.result.callback)
+        protocol = self.build(self.result.callback)
+        # Which address this is, as configured (the peer address the
+        # kernel reports may be spelt differently).
+        protocol.address = attempt.address
+        return protocol
 
     def lost(self, attempt: _Attempt, reason: Failure) -> None:
         if attempt not in self.pending:
             return
         self.pending.remove(attempt)
-        self.failures.append(f"{attempt.address}: {_why(reason)}")
+        why = _why(reason)
+        self.failures.append(f"{attempt.address}: {why}")
+        if self.health is not None:
+            if why == "cancelled":
+                self.health.attempt_dropped(attempt.address)
+            else:
+                self.health.attempt_failed(attempt.address, why)
         if self.started < len(self.addresses):
             # Don't wait out the stagger: the next address starts now.
             if self.stagger_call is not None:
@@ -113,6 +145,9 @@ class _Race:
         self.timeout_call = None
         for attempt in self.pending:
             self.failures.append(f"{attempt.address}: timed out")
+            if self.health is not None:
+                self.health.attempt_failed(attempt.address, "timed out")
+        self.pending_reported = True
         never = len(self.addresses) - self.started
         if never:
             self.failures.append(f"{never} more not tried")
@@ -127,13 +162,18 @@ class _Race:
     def cancel(self, result: Deferred) -> None:
         self.finish()
 
+    pending_reported = False
+
     def finish(self) -> None:
         for call in (self.stagger_call, self.timeout_call):
             if call is not None and call.active():
                 call.cancel()
         self.stagger_call = self.timeout_call = None
         pending, self.pending = self.pending, []
+        report = self.health is not None and not self.pending_reported
         for attempt in pending:
+            if report:
+                self.health.attempt_dropped(attempt.address)
             attempt.connector.stopConnecting()
 
 
@@ -154,6 +194,7 @@ def connect(
     build: Callable[[Callable[[Protocol], None]], Protocol],
     timeout: float = 5.0,
     stagger: float = 0.25,
+    health=None,
 ) -> Deferred[Protocol]:
     """
     Connect to the first of C{addresses} that answers.
@@ -163,12 +204,15 @@ def connect(
         at once).
     @param build: makes the protocol for the winning connection (it is
         called once, for the winner) given a callable that the protocol's
-        C{connectionMade} must call with the protocol itself.
+        C{connectionMade} must call with the protocol itself.  The
+        protocol gets an C{address} attribute: the L{Address} it reached.
+    @param health: an observer of each attempt's fate (see the module
+        docstring), or C{None}.
     @return: a L{Deferred} firing with the protocol once its
         C{connectionMade} has run, or failing with L{ConnectError} when every address
         failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
-    race = _Race(reactor, clock, addresses, build, timeout, stagger)
+    race = _Race(reactor, clock, addresses, build, timeout, stagger, health)
     if addresses:
         race.start_next()
     else:

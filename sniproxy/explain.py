@@ -107,7 +107,7 @@ def _route(route: Route) -> dict[str, Any]:
     }
 
 
-async def _explain(build: Callable[[Any], Router], dns_resolver, name: str) -> dict[str, Any]:
+async def _explain(build: Callable[[Any], Router], dns_resolver, name: str, board=None) -> dict[str, Any]:
     result: dict[str, Any] = {"name": name}
     try:
         server_name = normalise_server_name(name.encode("utf-8", "surrogateescape"))
@@ -144,12 +144,15 @@ async def _explain(build: Callable[[Any], Router], dns_resolver, name: str) -> d
         result["decision"] = "no route: the client gets unrecognized_name"
         return result
     result["route"] = _route(route)
+    if board is not None and route.app is not None:
+        # Passive health of each instance (sniproxy.backends).
+        result["route"]["instances"] = board.describe(route)
     who = f"app {route.app} " if route.app else ""
     result["decision"] = f"{who}via {route.source}: connect to {', '.join(str(b) for b in route.backends)}"
     return result
 
 
-def explain(build: Callable[[Any], Router], dns_resolver, name: str) -> Deferred[dict[str, Any]]:
+def explain(build: Callable[[Any], Router], dns_resolver, name: str, board=None) -> Deferred[dict[str, Any]]:
     """
     Explain how C{name} routes.
 
@@ -160,8 +163,10 @@ def explain(build: Callable[[Any], Router], dns_resolver, name: str) -> Deferred
         (normalised, or C{None} if invalid), C{steps} (each source asked,
         and its answer), C{dns} (each lookup made: state, TTL, records),
         C{route} (or C{None}) and C{decision} (one line).
+    @param board: the running service's L{sniproxy.backends.BackendBoard};
+        when given, an app route's C{instances} list each address's health.
     """
-    return Deferred.fromCoroutine(_explain(build, dns_resolver, name))
+    return Deferred.fromCoroutine(_explain(build, dns_resolver, name, board))
 
 
 def render(result: dict[str, Any]) -> str:

@@ -99,6 +99,10 @@ class ProxyMetrics:
         """Count a connection refused at accept by a connection limit."""
         self._outcomes[Outcome.OVER_LIMIT].inc()
 
+    def denied(self) -> None:
+        """Count a connection refused at accept by C{proxy.allow_clients}/C{deny_clients}."""
+        self._outcomes[Outcome.DENIED].inc()
+
     def observe(self, record: ConnectionRecord) -> None:
         """Count a closed connection (a record observer of L{sniproxy.proxy.ProxyFactory})."""
         self._outcomes[record.outcome].inc()

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from sniproxy import alerts, proxyprotocol
 from sniproxy.accesslog import AccessLog
+from sniproxy.clientnets import ClientNetworks, RefusalLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig
 from sniproxy.connect import ConnectError, connect
@@ -165,6 +166,8 @@ class ClientConnection(Protocol):
             self.proxied = header
             self.client_ip = header.source[0]
             self.client = f"{Address(*header.source)} via {self.client}"
+            if self.factory.clients is not None and self.factory.refuse_client(self, header.source[0]):
+                return b""
         return buffered[consumed:]
 
     def readConnectionLost(self) -> None:
@@ -217,13 +220,20 @@ class ClientConnection(Protocol):
             return
         self.route = route
         settings = self.settings
+        backends, board = route.backends, self.factory.board
+        if board is not None:
+            backends = board.admit(route, self.hello.alpn)
+            if backends is None:
+                self.factory.app_over_limit(self, route.app, board.live(route.app))
+                return
         d = self.pending = connect(
             self.factory.reactor,
             self.clock,
-            route.backends,
+            backends,
             BackendConnection,
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
+            health=board if route.app is not None else None,
         )
         d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, Outcome.BACKEND_UNREACHABLE))
         d.addErrback(self._crashed)
@@ -252,8 +262,13 @@ class ClientConnection(Protocol):
         self.pending = None
         self.connected_at = self.clock.seconds()
         self.outcome = Outcome.RELAYED
-        peer = backend.transport.getPeer()
-        self.backend = Address(peer.host, peer.port)
+        # The address as the route named it (what the board counts by);
+        # the peer's when the connector did not say.
+        address = getattr(backend, "address", None)
+        if address is None:
+            peer = backend.transport.getPeer()
+            address = Address(peer.host, peer.port)
+        self.backend = address
         relay = Relay(
             self.transport,
             backend.transport,
@@ -358,7 +373,7 @@ class ClientConnection(Protocol):
         self.timer = None
         self.reject(Outcome.HELLO_TIMEOUT, f"no complete ClientHello within {self.settings.hello_timeout:g}s", None)
 
-    def reject(self, outcome: Outcome, detail: str, alert: int | None) -> None:
+    def reject(self, outcome: Outcome, detail: str, alert: int | None, quiet: bool = False) -> None:
         """
         Refuse this connection: log one line, write the TLS alert (if any)
         in the client's record version, half-close, and drop the connection
@@ -366,19 +381,21 @@ class ClientConnection(Protocol):
 
         @param outcome: the kind of rejection, for metrics and the access log.
         @param detail: what exactly went wrong, for the log line.
+        @param quiet: log nothing (the caller logs, rate-limited).
         """
         if not self.transport.connected:
             return  # the client left while we decided
         self.outcome = outcome
         self.reason = f"{outcome.value}: {detail}" if detail else outcome.value
         hello = self.hello
-        log.info(
-            "rejected {client} sni={sni}: {reason}",
-            client=self.client,
-            sni=(hello.server_name or "-") if hello is not None else "-",
-            outcome=outcome.value,
-            reason=self.reason,
-        )
+        if not quiet:
+            log.info(
+                "rejected {client} sni={sni}: {reason}",
+                client=self.client,
+                sni=(hello.server_name or "-") if hello is not None else "-",
+                outcome=outcome.value,
+                reason=self.reason,
+            )
         parser, self.parser = self.parser, None
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
@@ -426,11 +443,14 @@ class ProxyFactory(Factory):
         if metrics is not None:
             self.record_observers.append(metrics.observe)
         self._sweeper: LoopingCall | None = None
+        # The service's BackendBoard (balancing, health, app caps), if any.
+        self.board = None
+        self._limit_log = RefusalLog(log, self.clock)
+        self._denied_log = RefusalLog(log, self.clock)
+        self._app_limit_log = RefusalLog(log, self.clock)
         self.connections: set[ClientConnection] = set()
         self.reconfigure(settings, router)
         self._per_client: dict[str, int] = {}
-        self._last_limit_log = float("-inf")
-        self._limit_suppressed = 0
         self._drained: list[Deferred[None]] = []
         # Pipes for the splice pump, shared by every connection.
         self.pipes = PipePool()
@@ -445,6 +465,37 @@ class ProxyFactory(Factory):
                 self._start_sweeping()
         else:
             self._stop_sweeping()
+        self.clients = ClientNetworks.from_config(settings.allow_clients, settings.deny_clients)
+
+    def refuse_client(self, connection: ClientConnection | None, host: str, addr=None) -> bool:
+        """
+        Judge a client address against C{allow_clients}/C{deny_clients}:
+        a refused one is logged (rate-limited), counted (outcome
+        C{denied}) and its connection closed at once.
+
+        @return: whether the client was refused.
+        """
+        why = self.clients.refuses(host)
+        if why is None:
+            return False
+        if connection is None:
+            self._denied_log.refused(str(Address(host, getattr(addr, "port", 0))), why)
+            if self.metrics is not None:
+                self.metrics.denied()
+        else:
+            self._denied_log.refused(connection.client, why)
+            connection.outcome = Outcome.DENIED
+            connection.reason = f"denied: {why}"
+            connection.transport.abortConnection()
+        return True
+
+    def app_over_limit(self, connection: ClientConnection, app: str, live: int) -> None:
+        """Refuse a connection over its app's C{max_connections} with C{internal_error}, logged rate-limited."""
+        reason = f"app {app} has {live} connections open (apps.{app}.max_connections)"
+        self._app_limit_log.refused(connection.client, f"sni={connection.hello.server_name or '-'}: {reason}")
+        # Set first: this connection was never counted live for the app.
+        connection.outcome = Outcome.OVER_LIMIT
+        connection.reject(Outcome.OVER_LIMIT, reason, alerts.INTERNAL_ERROR, quiet=True)
 
     def trusts_proxy_header(self, peer) -> bool:
         """Whether C{peer} is a load balancer allowed (and expected) to send a PROXY header."""
@@ -465,6 +516,8 @@ class ProxyFactory(Factory):
         """
         settings = self.settings
         host = getattr(addr, "host", "")
+        if self.clients is not None and not self.trusts_proxy_header(addr) and self.refuse_client(None, host, addr):
+            return None
         open_now = len(self.connections)
         if settings.max_connections and open_now >= settings.max_connections:
             self._over_limit(host, addr, f"{open_now} connections open (proxy.max_connections)")
@@ -488,22 +541,7 @@ class ProxyFactory(Factory):
         if self.metrics is not None:
             self.metrics.over_limit()
         # One line per second at most: a flood must not become a log flood.
-        now = self.clock.seconds()
-        if now - self._last_limit_log >= 1.0:
-            client = str(Address(host, getattr(addr, "port", 0)))
-            if self._limit_suppressed:
-                log.warn(
-                    "refused {client}: {reason} (and {suppressed} more refused since the last line)",
-                    client=client,
-                    reason=reason,
-                    suppressed=self._limit_suppressed,
-                )
-            else:
-                log.warn("refused {client}: {reason}", client=client, reason=reason)
-            self._last_limit_log = now
-            self._limit_suppressed = 0
-        else:
-            self._limit_suppressed += 1
+        self._limit_log.refused(str(Address(host, getattr(addr, "port", 0))), reason)
 
     def opened(self, connection: ClientConnection) -> None:
         self.connections.add(connection)

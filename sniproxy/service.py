@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from sniproxy.accesslog import AccessLog
 from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
+from sniproxy.backends import BackendBoard
 from sniproxy.config import Config, ConfigError
 from sniproxy.dns import reconfigure_dns, with_dns_cache_file
 from sniproxy.dns.service import DNSService
@@ -128,6 +129,13 @@ class ProxyService(MultiService):
         self.factory = ProxyFactory(
             config.proxy, parts.router, reactor, self.clock, access_log=self.access_log, metrics=self.metrics
         )
+        # Balancing, passive health, app caps and per-app counters: one
+        # board for the life of the service, reconfigured on reload.
+        self.backends = BackendBoard(self.clock)
+        self.backends.configure(config)
+        self.factory.board = self.backends
+        self.factory.record_observers.append(self.backends.record_closed)
+        self.metrics.registry.register(self.backends.collector())
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
@@ -190,7 +198,8 @@ class ProxyService(MultiService):
         return admin_site(
             self.metrics.registry,
             lambda name: explain(
-                lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name
+                lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name,
+                board=self.backends,
             ),
         )
 
@@ -245,6 +254,7 @@ class ProxyService(MultiService):
         self.loaded_at = self.clock.seconds()
         self.last_reload_error = None
         self.factory.reconfigure(config.proxy, parts.router)
+        self.backends.configure(config)
         self._close_old_ports(config, opened)
         # [dns] applies now, to the same cache (entries kept).
         changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)

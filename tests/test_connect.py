@@ -115,3 +115,87 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(self.attempts(), [("::1", 443)])
         self.succeed(0)
         self.successResultOf(d)
+
+
+class Reports:
+    """A health observer noting what the connector tells it."""
+
+    def __init__(self):
+        self.events = []
+
+    def attempt_won(self, address):
+        self.events.append(("won", address.port))
+
+    def attempt_failed(self, address, why):
+        self.events.append(("failed", address.port, why))
+
+    def attempt_dropped(self, address):
+        self.events.append(("dropped", address.port))
+
+
+class HealthReportTests(ConnectTests):
+    """What a health observer (the backend board) hears about each attempt."""
+
+    def start(self, addresses=ADDRESSES, timeout=5.0, stagger=0.25):
+        self.reports = Reports()
+        return connect(
+            self.reactor, self.reactor, addresses, Ready, timeout=timeout, stagger=stagger, health=self.reports
+        )
+
+    def test_winner_reported_and_addressed(self):
+        d = self.start()
+        self.succeed(0)
+        self.assertEqual(self.successResultOf(d).address, ADDRESSES[0])
+        self.assertEqual(self.reports.events, [("won", 1001)])
+
+    def test_refused_reported(self):
+        self.start()
+        self.refuse(0)
+        self.succeed(1)
+        self.assertEqual(self.reports.events, [("failed", 1001, "refused"), ("won", 1002)])
+
+    def test_losing_after_the_whole_stagger_is_a_failure(self):
+        """
+        An attempt that had its whole head start and is beaten by a later
+        one counts as a timeout (a black-holed instance); one that had not
+        had its head start yet is dropped without a verdict.
+        """
+        self.start()
+        self.reactor.advance(0.25)
+        self.reactor.advance(0.1)
+        self.succeed(1)
+        self.assertEqual(
+            self.reports.events,
+            [("won", 1002), ("failed", 1001, "no connection within the stagger while another instance connected")],
+        )
+
+    def test_losing_before_the_whole_stagger_is_no_verdict(self):
+        """An attempt beaten before its head start was over is dropped without a verdict."""
+        self.start()
+        self.reactor.advance(0.25)
+        self.reactor.advance(0.05)
+        self.refuse(0)  # the third starts now
+        self.reactor.advance(0.1)
+        self.succeed(1)
+        self.assertEqual(self.reports.events, [("failed", 1001, "refused"), ("won", 1002), ("dropped", 1003)])
+
+    def test_no_stagger_no_verdict_for_losers(self):
+        """With C{connect_stagger = 0} every address starts at once: losing says nothing about health."""
+        self.start(ADDRESSES[:2], stagger=0)
+        self.reactor.advance(0)
+        self.succeed(1)
+        self.assertEqual(self.reports.events, [("won", 1002), ("dropped", 1001)])
+
+    def test_timeout_reported(self):
+        d = self.start(ADDRESSES[:2], timeout=0.4)
+        self.reactor.advance(0.25)
+        self.reactor.advance(0.15)
+        self.failureResultOf(d, ConnectError)
+        self.assertEqual(self.reports.events, [("failed", 1001, "timed out"), ("failed", 1002, "timed out")])
+
+    def test_cancel_is_dropped(self):
+        d = self.start()
+        self.reactor.advance(0.25)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(self.reports.events, [("dropped", 1001), ("dropped", 1002)])

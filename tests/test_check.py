@@ -8,6 +8,7 @@ nothing; and L{sniproxy.check.check} and L{check_access_log} in-process.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -377,3 +378,115 @@ class CheckFunctionTests(_Files, SynchronousTestCase):
             check_access_log(os.path.join(afile, "a.log")),
             f"cannot open '{afile}/a.log': Not a directory",
         )
+
+
+def _unit(path: str) -> dict[str, list[str]]:
+    """
+    The settings of a systemd unit file, C{"Section.Key"} -> its values in
+    order (a key may repeat), with comments dropped and continued lines
+    joined, as systemd reads them.
+    """
+    settings: dict[str, list[str]] = {}
+    section = ""
+    pending = ""
+    with open(path) as f:
+        for raw in f:
+            line = pending + raw.strip()
+            pending = ""
+            if line.endswith("\\"):
+                pending = line[:-1] + " "
+                continue
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1]
+                continue
+            key, _, value = line.partition("=")
+            settings.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return settings
+
+
+class SystemdUnitTests(_Files, TestCase):
+    """
+    The shipped units check the config before starting and before the
+    reload signal, with the command that works on the config they name.
+    """
+
+    timeout = 60
+    units = {
+        "sniproxy.service": "sniproxy.toml",
+        "sniproxy-socket.service": "sniproxy-socket.toml",
+    }
+
+    def unit(self, name: str) -> dict[str, list[str]]:
+        return _unit(os.path.join(_ROOT, "etc", "systemd", name))
+
+    def test_check_before_start_and_reload(self):
+        """
+        ExecStartPre= is the check of the very file ExecStart= runs;
+        ExecReload= runs the same check, then SIGHUP to the main process.
+        """
+        for name, config in self.units.items():
+            unit = self.unit(name)
+            [start] = unit["Service.ExecStart"]
+            [pre] = unit["Service.ExecStartPre"]
+            start_argv, pre_argv = shlex.split(start), shlex.split(pre)
+            path = start_argv[start_argv.index("--config") + 1]
+            self.assertEqual(path, f"/etc/sniproxy/{config}")
+            self.assertEqual(pre_argv[1:3], ["-m", "sniproxy.check"], name)
+            self.assertIn("python", os.path.basename(pre_argv[0]))
+            self.assertEqual(pre_argv[pre_argv.index("--config") + 1], path, name)
+            self.assertEqual(unit["Service.ExecReload"], [pre, "/bin/kill -HUP $MAINPID"], name)
+            self.assertEqual(unit["Service.StateDirectory"], ["sniproxy"], name)
+
+    def test_socket_unit_counts_its_sockets(self):
+        """The socket unit's check is told as many sockets as the .socket passes."""
+        [pre] = self.unit("sniproxy-socket.service")["Service.ExecStartPre"]
+        argv = shlex.split(pre)
+        listen = self.unit("sniproxy-socket.socket")["Socket.ListenStream"]
+        self.assertEqual(argv[argv.index("--systemd-sockets") + 1], str(len(listen)))
+
+    def test_unit_check_passes_on_the_shipped_config(self):
+        """
+        The units' check command, run with this interpreter on the example
+        config it names (etc/ for /etc/sniproxy/), passes.
+        """
+        for name, config in self.units.items():
+            [pre] = self.unit(name)["Service.ExecStartPre"]
+            argv = shlex.split(pre)
+            at = argv.index("--config") + 1
+            argv[at] = os.path.join(_ROOT, "etc", config)
+            result = _run(*argv[3:], cwd=self.make_dir())
+            self.assertEqual(
+                (result.returncode, result.stdout, result.stderr),
+                (0, f"sniproxy: config {argv[at]} ok\n", ""),
+                name,
+            )
+
+    def test_systemd_analyze_verify(self):
+        """
+        C{systemd-analyze verify} finds nothing to say about the units
+        (their executables mapped to ones that exist here).
+        """
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed (Debian package systemd)")
+        directory = self.make_dir()
+        paths = []
+        for name in sorted(os.listdir(os.path.join(_ROOT, "etc", "systemd"))):
+            with open(os.path.join(_ROOT, "etc", "systemd", name)) as f:
+                text = f.read()
+            text = text.replace("/usr/bin/twistd", sys.executable).replace("/usr/bin/python3", sys.executable)
+            paths.append(self.write(directory, name, text))
+        result = subprocess.run(
+            [analyze, "verify", "--man=no", *paths],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        output = result.stdout + result.stderr
+        if result.returncode != 0 and "Failed to" in output and directory not in output:
+            raise SkipTest(f"systemd-analyze cannot run here: {output.strip()}")
+        self.assertEqual((result.returncode, [line for line in output.splitlines() if directory in line]), (0, []), output)

@@ -9,7 +9,9 @@ L{AccessLog.reopen} closes and reopens the file, for log rotation
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from typing import IO, Any
 
 from twisted.logger import Logger
@@ -47,13 +49,36 @@ def entry(record: ConnectionRecord) -> dict[str, Any]:
 
 
 def cannot_open(path: str) -> str | None:
-    """Why the access log at C{path} cannot be opened, or C{None} if it can."""
+    """
+    Why the access log at C{path} could not be opened for appending, or
+    C{None} if it could.  Start, reload and C{python -m sniproxy.check} all
+    ask this.
+
+    Nothing is created, truncated or written: an existing file is opened for
+    appending (without C{O_CREAT}) and closed; for a missing one, a uniquely
+    named empty file is created in its directory and removed at once, which
+    proves the file could be created there by this user.
+    """
     if path in ("", "-"):
         return None
     try:
-        open(path, "a", encoding="utf-8").close()
+        # O_NONBLOCK: a FIFO with no reader must not hang the check.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        if error.errno == getattr(os, "ENXIO", 6):  # a FIFO nobody reads yet
+            return None
+        return f"cannot open {path!r}: {error.strerror}"
+    else:
+        os.close(fd)
+        return None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sniproxy-check-", dir=os.path.dirname(os.path.abspath(path)))
     except OSError as error:
         return f"cannot open {path!r}: {error.strerror}"
+    os.close(fd)
+    os.unlink(probe)
     return None
 
 

@@ -1,7 +1,8 @@
 """
 The LSB init script, C{etc/init.d/sniproxy}, run by C{sh} against a
 temporary directory: start, status, reload and stop of the real daemon
-(C{twistd sniproxy} in daemon mode, with a pidfile and a logfile).
+(C{twistd sniproxy} in daemon mode, with a pidfile and a logfile), and the
+config check it runs before restart and reload, and as C{configtest}.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ BAD_CONFIG = """\
 listen = ["tcp:0:interface=127.0.0.1"]
 idle_timeout = "forever"
 """
+
+# What the config check (and a start) print for BAD_CONFIG.
+BAD_LINE = "sniproxy: config: proxy.idle_timeout: expected a number, got a string 'forever'"
 
 
 def _alive(pid: int) -> bool:
@@ -105,6 +109,8 @@ class InitScriptTests(TestCase):
             SNIPROXY_PIDFILE=self.pidfile,
             SNIPROXY_LOGFILE=self.logfile,
             SNIPROXY_DNS_CACHE_FILE=os.path.join(self.dir, "state", "dns-cache.json"),
+            SNIPROXY_STATEDIR=os.path.join(self.dir, "state"),
+            SNIPROXY_PYTHON=sys.executable,
             TWISTD=twistd,
         )
         self.env = env
@@ -152,10 +158,10 @@ class InitScriptTests(TestCase):
         except FileNotFoundError:
             return ""
 
-    def run_script(self, action: str) -> subprocess.CompletedProcess:
+    def run_script(self, action: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [self.sh, SCRIPT, action],
-            env=self.env,
+            env=self.env if env is None else env,
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -231,8 +237,11 @@ class InitScriptTests(TestCase):
         self.write_config(BAD_CONFIG)
         result = self.run_script("reload")
         self.assertExit(result, 1)
-        self.assertIn("proxy.idle_timeout", result.stderr)
+        self.assertIn(f"{BAD_LINE}\n", result.stderr)
+        self.assertIn(f"not reloading: the running sniproxy (pid {pid}) keeps its config", result.stderr)
         self.assertTrue(_alive(pid))
+        # The check refused it: the daemon was not even signalled.
+        self.assertNotIn("reload of", self.log())
         self.assertExit(self.run_script("status"), 0)
         self.assertExit(self.run_script("stop"), 0)
         self.assertFalse(_alive(pid))
@@ -265,3 +274,110 @@ class InitScriptTests(TestCase):
         self.assertNotEqual(pid, os.getpid())
         self.assertExit(self.run_script("stop"), 0)
         self.assertFalse(_alive(pid))
+
+    def test_restart_with_a_broken_config_keeps_running(self):
+        """
+        restart (and try-restart) of a broken file print the check's line
+        and exit 1 without stopping the running proxy; once the file is
+        fixed, restart replaces the process.
+        """
+        pid = self.start()
+        self.write_config(BAD_CONFIG)
+        for action in ("restart", "try-restart"):
+            result = self.run_script(action)
+            self.assertExit(result, 1)
+            self.assertEqual(
+                result.stderr,
+                f"{BAD_LINE}\nsniproxy: not restarting: the running sniproxy (pid {pid}) keeps running with its config\n",
+            )
+            self.assertNotIn("Stopped", result.stdout)
+            self.assertTrue(_alive(pid), f"{action} of a broken file stopped the proxy")
+            self.assertEqual(self.read_pid(), pid)
+            result = self.run_script("status")
+            self.assertExit(result, 0)
+            self.assertIn(f"(pid {pid})", result.stdout)
+
+        self.write_config(GOOD_CONFIG)
+        result = self.run_script("restart")
+        self.assertExit(result, 0)
+        self.assertIn(f"Stopped sniproxy (pid {pid})", result.stdout)
+        new = self.read_pid()
+        self.assertIsNotNone(new)
+        self.assertNotEqual(new, pid)
+        self.assertFalse(_alive(pid))
+        self.assertTrue(_alive(new))
+        self.assertExit(self.run_script("stop"), 0)
+        self.assertFalse(_alive(new))
+
+    def test_restart_when_not_running_starts(self):
+        """restart of a stopped proxy just starts it (no check needed: start validates)."""
+        result = self.run_script("restart")
+        self.assertExit(result, 0)
+        pid = self.read_pid()
+        self.assertTrue(_alive(pid))
+        self.assertExit(self.run_script("stop"), 0)
+
+    def test_start_creates_the_state_directory(self):
+        state = os.path.join(self.dir, "state")
+        self.assertFalse(os.path.exists(state))
+        self.start()
+        self.assertTrue(os.path.isdir(state))
+        self.assertExit(self.run_script("stop"), 0)
+
+    def test_configtest(self):
+        """
+        configtest (alias check) prints the check's verdict and exits with
+        its status; a missing file exits 6 (as start does).
+        """
+        for action in ("configtest", "check"):
+            result = self.run_script(action)
+            self.assertExit(result, 0)
+            self.assertEqual((result.stdout, result.stderr), (f"sniproxy: config {self.config} ok\n", ""))
+        self.write_config(BAD_CONFIG)
+        result = self.run_script("configtest")
+        self.assertExit(result, 1)
+        self.assertEqual((result.stdout, result.stderr), ("", f"{BAD_LINE}\n"))
+        os.unlink(self.config)
+        result = self.run_script("configtest")
+        self.assertExit(result, 6)
+        self.assertIn("no such file", result.stderr)
+        # Nothing was started along the way.
+        self.assertIsNone(self.read_pid())
+
+    def test_check_cannot_run(self):
+        """
+        A Python without sniproxy: configtest and restart say the check
+        could not run (status 5), and restart leaves the proxy running.
+        """
+        pid = self.start()
+        env = dict(self.env, SNIPROXY_PYTHON=os.path.join(self.dir, "no-such-python"))
+        for action in ("configtest", "restart"):
+            result = self.run_script(action, env)
+            self.assertExit(result, 5)
+            self.assertIn("cannot run the config check", result.stderr)
+            self.assertTrue(_alive(pid))
+        self.assertExit(self.run_script("stop"), 0)
+
+    def test_python_from_twistd_shebang(self):
+        """
+        Without SNIPROXY_PYTHON, the check runs on the interpreter named by
+        twistd's #! line (a virtualenv's twistd names its own python).
+        """
+        twistd = os.path.join(self.dir, "venv-twistd")
+        with open(twistd, "w") as f:
+            f.write(f"#!{sys.executable}\nfrom twisted.scripts.twistd import run\nrun()\n")
+        os.chmod(twistd, 0o755)
+        env = {name: value for name, value in self.env.items() if name != "SNIPROXY_PYTHON"}
+        env["TWISTD"] = twistd
+        # The python3 first on PATH is the wrong one: only the #! line
+        # finds the right interpreter.
+        wrong = os.path.join(self.dir, "wrong-bin")
+        os.mkdir(wrong)
+        with open(os.path.join(wrong, "python3"), "w") as f:
+            f.write("#!/bin/sh\necho 'the wrong python3' >&2\nexit 1\n")
+        os.chmod(os.path.join(wrong, "python3"), 0o755)
+        env["PATH"] = wrong + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+        self.write_config(BAD_CONFIG)
+        result = self.run_script("configtest", env)
+        self.assertExit(result, 1)
+        self.assertEqual(result.stderr, f"{BAD_LINE}\n")

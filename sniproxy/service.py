@@ -29,6 +29,7 @@ from sniproxy.routing import Router
 from sniproxy.sources import make_source
 from sniproxy.sources.chain import FallbackChain
 from sniproxy.sources.system import ResolverThreads
+from sniproxy.status import ConfiguredInstances, ResolverDNSStatus, StatusCollector
 
 __all__ = ["ProxyService", "StartError", "build_router", "warm_names"]
 
@@ -136,6 +137,11 @@ class ProxyService(MultiService):
     @ivar factory: the L{ProxyFactory} shared by every listening port.
     @ivar ports: the proxy's listening ports by endpoint string.
     @ivar dns: the process's one caching DNS resolver.
+    @ivar loaded_at: reactor seconds of the last successful load or reload.
+    @ivar config_path: the config file (C{""} for a config not from a file).
+    @ivar last_reload_error: the one-line error of the last failed reload;
+        C{None} when the last one succeeded, or before any.
+    @ivar status: what the admin endpoint's status page shows.
     """
 
     def __init__(self, config: Config, reactor=None, clock=None, handle_signals: bool = False) -> None:
@@ -158,6 +164,17 @@ class ProxyService(MultiService):
         )
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
         self.factory.metrics = self.metrics
+        self.loaded_at = self.clock.seconds()
+        self.config_path = config.path
+        self.last_reload_error: str | None = None
+        self.status = StatusCollector(
+            clock=self.clock,
+            metrics=self.metrics,
+            live=lambda: len(self.factory.connections),
+            service=self,
+            backends=ConfiguredInstances(lambda: self.config.apps),
+            dns=ResolverDNSStatus(self.dns),
+        )
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
@@ -172,6 +189,7 @@ class ProxyService(MultiService):
                 self.ports[description] = _listen(self.reactor, description, self.factory)
             if self.config.admin.listen:
                 self.admin_port = _listen(self.reactor, self.config.admin.listen, self._admin_site())
+                self.status.sampler.start()
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -197,6 +215,7 @@ class ProxyService(MultiService):
             # before live connections finish.  SIGTERM stays ours.
             for number in (signal.SIGHUP, signal.SIGUSR1):
                 signal.signal(number, signal.SIG_IGN)
+        self.status.sampler.stop()
         ports = list(self.ports.values())
         self.ports = {}
         if self.admin_port is not None:
@@ -224,6 +243,7 @@ class ProxyService(MultiService):
             lambda name: explain(
                 lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name
             ),
+            self.status,
         )
 
     # -- signals
@@ -270,11 +290,16 @@ class ProxyService(MultiService):
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:
             log.error("reload of {path} failed, keeping the running config: {error}", path=path, error=str(error))
+            self.last_reload_error = str(error)
             return False
-        except Exception:
+        except Exception as error:
             log.failure("reload of {path} failed, keeping the running config", path=path)
+            self.last_reload_error = f"internal error: {error!r}"
             return False
         old, self.config = self.config, config
+        self.loaded_at = self.clock.seconds()
+        self.config_path = path
+        self.last_reload_error = None
         self.factory.reconfigure(config.proxy, router)
         self._close_old_ports(config, opened)
         changed = [
@@ -313,4 +338,8 @@ class ProxyService(MultiService):
             if self.admin_port is not None:
                 self.admin_port.stopListening()
             self.admin_port = admin
+        if self.admin_port is None:
+            self.status.sampler.stop()
+        else:
+            self.status.sampler.start()
         self.ports.update(opened)

@@ -192,7 +192,7 @@ def _health(state: str, until: float | None, left: float | None) -> str:
     if state == "ejected" and until is not None:
         return (
             f'<td class="ejected" title="{_e(_clock(until))}">ejected until '
-            f"{_e(time.strftime('%H:%M:%S', time.gmtime(until)))} ({_duration(left or 0)})</td>"
+            f"{_e(time.strftime('%H:%M:%S UTC', time.gmtime(until)))} ({_duration(left or 0)} left)</td>"
         )
     css = state if state in ("up", "ejected", "probing") else ""
     return f'<td class="{css}">{_e(state)}</td>'

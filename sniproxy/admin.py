@@ -1,5 +1,6 @@
 """
-The admin endpoint (twisted.web): C{/metrics} for Prometheus and
+The admin endpoint (twisted.web): C{/} the status page for people,
+C{/status.json} the same for scripts, C{/metrics} for Prometheus and
 C{/explain?name=NAME} for how a name routes.  Bind it to loopback: it is
 for operators, not clients.
 
@@ -20,6 +21,9 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+
+from sniproxy.status import StatusCollector
+from sniproxy.statuspage import DEFAULT_REFRESH, render_page
 
 __all__ = ["admin_site"]
 
@@ -75,10 +79,47 @@ class ExplainPage(Resource):
         return NOT_DONE_YET
 
 
-class _Index(Resource):
+def _refresh(request) -> int:
+    """C{?refresh=N}: seconds between the page's refreshes, 0 for none (1-60; default 2)."""
+    values = request.args.get(b"refresh")
+    if not values:
+        return DEFAULT_REFRESH
+    try:
+        seconds = int(values[0])
+    except ValueError:
+        return DEFAULT_REFRESH
+    return 0 if seconds <= 0 else min(seconds, 60)
+
+
+class StatusJSON(Resource):
+    """C{GET /status.json}: the status snapshot (schema: docs/status-page.rst)."""
+
+    isLeaf = True
+
+    def __init__(self, status: StatusCollector) -> None:
+        super().__init__()
+        self.status = status
+
     def render_GET(self, request) -> bytes:
-        request.setHeader("content-type", "text/plain")
-        return b"sniproxy admin: /metrics, /explain?name=NAME\n"
+        request.setHeader("content-type", "application/json")
+        request.setHeader("cache-control", "no-store")
+        return json.dumps(self.status.snapshot().as_json(), indent=1).encode() + b"\n"
+
+
+class _Index(Resource):
+    """C{GET /}: the status page, or a list of the pages without one."""
+
+    def __init__(self, status: StatusCollector | None = None) -> None:
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request) -> bytes:
+        if self.status is None:
+            request.setHeader("content-type", "text/plain")
+            return b"sniproxy admin: /metrics, /explain?name=NAME\n"
+        request.setHeader("content-type", "text/html; charset=utf-8")
+        request.setHeader("cache-control", "no-store")
+        return render_page(self.status.snapshot(), _refresh(request))
 
     def getChild(self, path, request):
         return self if path == b"" else super().getChild(path, request)
@@ -93,8 +134,20 @@ class _QuietSite(Site):
         pass
 
 
-def admin_site(registry: CollectorRegistry, explain: Callable[[str], Deferred[dict[str, Any]]]) -> Site:
-    root = _Index()
+def admin_site(
+    registry: CollectorRegistry,
+    explain: Callable[[str], Deferred[dict[str, Any]]],
+    status: StatusCollector | None = None,
+) -> Site:
+    """
+    The admin endpoint's site.
+
+    @param status: what C{/} and C{/status.json} show; without it C{/} only
+        lists the other pages and C{/status.json} is not there.
+    """
+    root = _Index(status)
     root.putChild(b"metrics", MetricsPage(registry))
     root.putChild(b"explain", ExplainPage(explain))
+    if status is not None:
+        root.putChild(b"status.json", StatusJSON(status))
     return _QuietSite(root)

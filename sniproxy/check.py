@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from sniproxy.assembly import validate
+from sniproxy.assembly import StartError, validate
 from sniproxy.config import Config, ConfigError, load_config
 from sniproxy.tap import DEFAULT_CONFIG
 

@@ -28,6 +28,7 @@ from sniproxy.explain import explain
 from sniproxy.interfaces import Address
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxy import ProxyFactory
+from sniproxy.status import StatusCollector
 
 __all__ = ["ProxyService", "StartError"]
 
@@ -83,6 +84,7 @@ class ProxyService(MultiService):
     @ivar loaded_at: clock seconds of the last successful load or reload.
     @ivar last_reload_error: the one-line error of the last reload, or
         C{None} when it succeeded (or none was tried).
+    @ivar status: what the admin endpoint's status page shows.
     """
 
     def __init__(
@@ -136,6 +138,14 @@ class ProxyService(MultiService):
         self.factory.board = self.backends
         self.factory.record_observers.append(self.backends.record_closed)
         self.metrics.registry.register(self.backends.collector())
+        self.status = StatusCollector(
+            clock=self.clock,
+            metrics=self.metrics,
+            live=lambda: len(self.factory.connections),
+            service=self,
+            backends=self.backends,
+            dns=self.dns,
+        )
         self.ports: dict[str, Any] = {}
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
@@ -150,6 +160,7 @@ class ProxyService(MultiService):
                 self.ports[description] = _listen(self.reactor, description, self.factory)
             if self.config.admin.listen:
                 self.admin_port = _listen(self.reactor, self.config.admin.listen, self._admin_site())
+                self.status.sampler.start()
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -175,6 +186,7 @@ class ProxyService(MultiService):
             # before live connections finish.  SIGTERM stays ours.
             for number in (signal.SIGHUP, signal.SIGUSR1):
                 signal.signal(number, signal.SIG_IGN)
+        self.status.sampler.stop()
         ports = list(self.ports.values())
         self.ports = {}
         if self.admin_port is not None:
@@ -201,6 +213,7 @@ class ProxyService(MultiService):
                 lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name,
                 board=self.backends,
             ),
+            self.status,
         )
 
     # -- signals
@@ -290,4 +303,8 @@ class ProxyService(MultiService):
             if self.admin_port is not None:
                 self.admin_port.stopListening()
             self.admin_port = admin
+        if self.admin_port is None:
+            self.status.sampler.stop()
+        else:
+            self.status.sampler.start()
         self.ports.update(opened)

@@ -299,7 +299,7 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(keys["target"].type, 'string ``"host:port"``')
         self.assertEqual(keys["inner"].table, "outer.inner")
         self.assertEqual(keys["members"].table, "outer.members")
-        self.assertEqual(outer.undocumented, ("flags", "target", "inner", "members"))
+        self.assertEqual(outer.undocumented, ("flags", "target"))
         self.assertEqual(outer.stale, ("gone",))
         self.assertEqual(inner.undocumented, ())
         self.assertTrue(members.many)

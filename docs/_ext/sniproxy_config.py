@@ -88,7 +88,8 @@ class Table:
     @ivar cls: the dataclass behind it.
     @ivar intro: the class docstring's description, as reST.
     @ivar keys: its keys, in field order.
-    @ivar undocumented: fields with no C{@ivar} line.
+    @ivar undocumented: fields with no C{@ivar} line (a field that is a
+        table of its own needs none: its section documents it).
     @ivar stale: C{@ivar} lines naming no field.
     @ivar many: a table of tables (C{[apps.<id>]}): the config has one per
         key of a C{Mapping} field.
@@ -437,7 +438,8 @@ def build_tables(module: Any) -> list[Table]:
                     table=sub,
                 )
             )
-        undocumented = tuple(k.field for k in keys if k.doc is None)
+        # A key that opens a table of its own is documented by that table.
+        undocumented = tuple(k.field for k in keys if k.doc is None and k.table is None)
         stale = tuple(sorted(set(docs) - names))
         intro_rst = epytext_to_rst(" ".join(intro.split())) if intro else ""
         tables.append(Table(name, cls, intro_rst, tuple(keys), undocumented, stale, cls in many))
@@ -506,19 +508,22 @@ def setup(app: Any) -> dict[str, Any]:
             strict = self.config.sniproxy_config_strict or "strict" in self.options
             tables = build_tables(module)
             where = self.get_location()
-            for table in tables:
-                for name in table.undocumented:
-                    message = f"sniproxy-config: [{table.name}] {name} ({table.cls.__name__}.{name}) has no @ivar line"
-                    if strict:
-                        logger.warning(message, location=where)
-                    else:
-                        logger.info(message, location=where)
-                for name in table.stale:
-                    message = f"sniproxy-config: {table.cls.__name__} documents @ivar {name}, which is not a field"
-                    if strict:
-                        logger.warning(message, location=where)
-                    else:
-                        logger.info(message, location=where)
+            problems = [
+                f"[{t.name}] {name} ({t.cls.__name__}.{name}) has no @ivar line"
+                for t in tables
+                for name in t.undocumented
+            ] + [f"{t.cls.__name__} documents @ivar {name}, which is not a field" for t in tables for name in t.stale]
+            if strict:
+                for problem in problems:
+                    logger.warning("sniproxy-config: %s", problem, location=where)
+            elif problems:
+                logger.info(
+                    "sniproxy-config: %d config fields need an @ivar line (each is a warning with "
+                    "sniproxy_config_strict = True): %s",
+                    len(problems),
+                    "; ".join(problems),
+                    location=where,
+                )
             self.env.note_dependency(module.__file__)
             container = nodes.container()
             content = StringList(render(tables), source=f"<sniproxy-config {module_name}>")

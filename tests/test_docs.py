@@ -143,6 +143,19 @@ class ManualTests(SynchronousTestCase):
         for page in pages:
             self.assertTrue(os.path.exists(os.path.join(DOCS, page + ".rst")), page)
 
+    def test_example_config_parses(self) -> None:
+        """The example config in the configuration page is a valid config."""
+        page = _read(os.path.join(DOCS, "configuration.rst"))
+        start = page.index("A config that uses most of the tables::")
+        block = []
+        for line in page[start:].splitlines()[2:]:
+            if line and not line.startswith("    "):
+                break
+            block.append(line[4:])
+        config = parse_config(tomllib.loads("\n".join(block)))
+        self.assertEqual(config.routing.sources, ("static", "subdomain", "txt", "system"))
+        self.assertEqual(config.admin.listen, "tcp:9100:interface=127.0.0.1")
+
     def test_strict_switch_off(self) -> None:
         """
         conf.py has the switch the lead flips once every config field is
@@ -271,14 +284,22 @@ class ReferenceTests(SynchronousTestCase):
             {"outer": Outer, "outer.inner": Inner, "outer.members": Member},
         )
 
-    def test_sections_wins(self) -> None:
-        """A module's C{SECTIONS} decides the tables when it has one."""
-        module = self.module(SECTIONS={"top": Outer, "top.inner": Inner})
-        self.assertEqual(ext.sections(module), {"top": Outer, "top.inner": Inner})
+    def test_sections_names(self) -> None:
+        """
+        A module's C{SECTIONS} names the tables it lists, and the tables
+        below them; tables it leaves out are still shown, and a class only
+        it names comes last.
+        """
+        module = self.module(SECTIONS={"top": Outer, "extra": Where})
+        self.assertEqual(
+            ext.sections(module),
+            {"top": Outer, "top.inner": Inner, "top.members": Member, "extra": Where},
+        )
         tables = ext.build_tables(module)
-        self.assertEqual([t.name for t in tables], ["top", "top.inner"])
         inner_key = [k for k in tables[0].keys if k.name == "inner"][0]
         self.assertEqual(inner_key.table, "top.inner")
+        module = self.module(SECTIONS={"outer": Outer, "deep": Inner})
+        self.assertEqual(list(ext.sections(module)), ["outer", "deep", "outer.members"])
 
     def test_keys(self) -> None:
         """
@@ -353,11 +374,29 @@ class RealConfigTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.tables = ext.build_tables(sniproxy.config)
 
+    def table(self, cls: type) -> object:
+        (table,) = [t for t in self.tables if t.cls is cls]
+        return table
+
     def test_tables(self) -> None:
         """The reference has the tables the config file has."""
-        names = [t.name for t in self.tables]
-        for name in ("proxy", "routing", "routing.static", "routing.txt", "apps", "dns", "log", "admin"):
-            self.assertIn(name, names)
+        config = sniproxy.config
+        for cls in (
+            config.ProxyConfig,
+            config.RoutingConfig,
+            config.StaticTarget,
+            config.SubdomainConfig,
+            config.TXTConfig,
+            config.SystemConfig,
+            config.AppConfig,
+            config.DNSConfig,
+            config.LogConfig,
+            config.AdminConfig,
+        ):
+            self.table(cls)
+        self.assertEqual(self.table(config.ProxyConfig).name, "proxy")
+        self.assertEqual(self.table(config.TXTConfig).name, "routing.txt")
+        self.assertTrue(self.table(config.AppConfig).many)
 
     def test_every_field(self) -> None:
         """Every init field of every table's dataclass is shown."""
@@ -387,7 +426,7 @@ class RealConfigTests(SynchronousTestCase):
 
     def test_app_keys_parse(self) -> None:
         """The keys shown for C{[apps.<id>]} are accepted in an app's table."""
-        (apps,) = [t for t in self.tables if t.name == "apps"]
+        apps = self.table(sniproxy.config.AppConfig)
         values = {"backends": '["127.0.0.1:9443"]'}
         lines = ["[apps.a]"]
         for key in apps.keys:
@@ -400,7 +439,7 @@ class RealConfigTests(SynchronousTestCase):
         The keys shown for C{[routing.static]} are the keys of a target's
         inline table.
         """
-        (static,) = [t for t in self.tables if t.name == "routing.static"]
+        static = self.table(sniproxy.config.StaticTarget)
         names = {k.name for k in static.keys}
         self.assertIn("backend", names)
         for name in names - {"backend"}:

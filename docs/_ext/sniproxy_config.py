@@ -8,11 +8,10 @@ C{@ivar <field>: <text>} line (continuation lines indented).  So the
 reference follows the code: a new key appears as soon as it has a field, and
 a field without an C{@ivar} line is reported.
 
-Which class is which table comes from C{sniproxy.config.SECTIONS} (TOML
-table name -> dataclass) when the module has one.  Otherwise the tables are
-found by walking L{sniproxy.config.Config}: a field whose type is a
-dataclass is a table, a C{Mapping[str, <dataclass>]} field is a table of
-tables (C{[apps.<id>]}).
+The tables are found by walking L{sniproxy.config.Config}: a field whose
+type is a dataclass is a table, a C{Mapping[str, <dataclass>]} field is a
+table of tables (C{[apps.<id>]}).  C{sniproxy.config.SECTIONS} (TOML table
+name -> dataclass), when the module has one, names them (see L{sections}).
 
 Config values in C{conf.py}:
 
@@ -372,13 +371,35 @@ def _walk(cls: type, prefix: str) -> Iterator[tuple[str, type]]:
 
 def sections(module: Any) -> dict[str, type]:
     """
-    TOML table name -> dataclass: the module's C{SECTIONS} when it has one,
-    else found by walking its C{Config} (see the module docstring).
+    TOML table name -> dataclass, in the order of C{Config}'s fields.
+
+    The tables are found by walking the module's C{Config} (see the module
+    docstring).  When the module has C{SECTIONS}, its names win: a class it
+    names is shown under that name (and the tables below it under the new
+    prefix), and a class it names that the walk does not reach comes last.
+    So a C{SECTIONS} that lists only the top-level tables still gets the
+    nested ones shown.
     """
-    declared = getattr(module, "SECTIONS", None)
-    if declared:
-        return {str(name): cls for name, cls in dict(declared).items() if dataclasses.is_dataclass(cls)}
-    return dict(_walk(module.Config, ""))
+    declared = {
+        str(name): cls
+        for name, cls in dict(getattr(module, "SECTIONS", None) or {}).items()
+        if dataclasses.is_dataclass(cls)
+    }
+    by_class = {}
+    for name, cls in declared.items():
+        by_class.setdefault(cls, name)
+    found: dict[str, type] = {}
+    renamed: dict[str, str] = {}
+    for name, cls in _walk(module.Config, "") if hasattr(module, "Config") else ():
+        parent, _, last = name.rpartition(".")
+        final = by_class.get(cls) or (f"{renamed[parent]}.{last}" if parent in renamed else name)
+        renamed[name] = final
+        if final not in found and cls not in found.values():
+            found[final] = cls
+    for name, cls in declared.items():
+        if cls not in found.values() and name not in found:
+            found[name] = cls
+    return found
 
 
 def _key_name(cls: type, f: dataclasses.Field) -> str:

@@ -476,7 +476,7 @@ def main(argv: list[str]) -> int:
                 if counted:
                     results["counters"][label] = counted
         if options.profile:
-            python = [n for n in ("sniproxy", "floor", "tw-descriptors", "tw-inner") if n in running]
+            python = [n for n in ("sniproxy", "floor", "tw-descriptors", "tw-lean", "tw-inner") if n in running]
             progress(f"profile: {', '.join(python)}")
             results["profile"] = profile(harness, directory, python, files.ca, tls_port, raw_port, plan)
     meta["elapsed"] = time.monotonic() - began

@@ -65,6 +65,7 @@ PEERS = [
     Peer("portforward", "Twisted", "twistd portforward (no SNI)", sni=False),
     Peer("tw-descriptors", "spike", "reactor addReader/addWriter, a descriptor per socket"),
     Peer("tw-descriptors-nolog", "spike", "the same, reactor's callWithLogger patched out"),
+    Peer("tw-lean", "spike", "tw-descriptors + sniproxy's hello parser, coarse deadlines, a record per connection"),
     Peer("tw-inner", "spike", "one inner epoll as a single reactor reader"),
     Peer("tw-endpoint", "spike", "tw-inner, listening socket from a Twisted endpoint"),
 ]

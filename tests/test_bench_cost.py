@@ -15,6 +15,8 @@ import threading
 import time
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -179,7 +181,10 @@ class SpikeTests(TestCase):
     def _start(self, mode: str) -> int:
         self.backend = _backend()
         self.addCleanup(self.backend.close)
-        port, state = floor_twisted.start(reactor, mode, "127.0.0.1:0", {"static.bench.test": self.backend.getsockname()})
+        self.clock = Clock()
+        routes = {"static.bench.test": self.backend.getsockname(), "*.wild.test": self.backend.getsockname()}
+        port, state = floor_twisted.start(reactor, mode, "127.0.0.1:0", routes, clock=self.clock)
+        self.state = state
 
         def stop() -> None:
             ours = (floor_twisted.Side, floor_twisted.DescriptorRelay, floor_twisted.InnerEpoll)
@@ -189,6 +194,8 @@ class SpikeTests(TestCase):
                     reactor.removeWriter(descriptor)
                     if isinstance(descriptor, floor_twisted.DescriptorRelay):
                         descriptor.sock.close()
+            if isinstance(state, floor_twisted.DescriptorRelay) and state.sweeper is not None:
+                state.sweeper.stop()
             if isinstance(state, Floor):
                 for side in list(state.sides.values()):
                     side.sock.close()
@@ -201,9 +208,9 @@ class SpikeTests(TestCase):
         self.addCleanup(stop)
         return port
 
-    def _relays(self, mode: str):
+    def _relays(self, mode: str, name: str = "static.bench.test"):
         port = self._start(mode)
-        hello = make_client_hello("static.bench.test")
+        hello = make_client_hello(name)
 
         def check(result: dict) -> None:
             self.assertEqual(result, {"arrived": hello + b"ping", "answer": b"pong", "end": b""})
@@ -216,6 +223,56 @@ class SpikeTests(TestCase):
     def test_descriptors(self):
         """One descriptor per socket: routes, replays, relays, half-closes, refuses an unknown name."""
         return self._relays("descriptors")
+
+    def test_lean(self):
+        """With sniproxy's parser, a wildcard route, and one record per connection to the observers."""
+        records = []
+
+        def check(_):
+            self.state.observers.append(records.append)
+            return deferToThread(exchange, self.port, self.backend, make_client_hello("a.wild.test")).addCallback(
+                checked
+            )
+
+        def checked(result):
+            self.assertEqual(result["answer"], b"pong")
+            self.assertEqual(self.state.outcomes, {"relayed": 2, "no route": 1})
+            (record,) = records
+            self.assertEqual((record.client, record.sni, record.outcome), ("127.0.0.1", "a.wild.test", "relayed"))
+            hello = len(make_client_hello("a.wild.test"))
+            self.assertEqual((record.bytes_up, record.bytes_down), (hello + 4, 4))
+            self.assertEqual(self.state.live, set())
+
+        d = self._relays("lean")
+        self.port = self.state.sock.getsockname()[1]
+        return d.addCallback(check)
+
+    def test_lean_hello_timeout(self):
+        """A client that sends no hello is closed by the coarse clock's sweep, past the hello timeout."""
+        port = self._start("lean")
+        client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.addCleanup(client.close)
+        done = Deferred()
+
+        def tick(deadline=time.monotonic() + TIMEOUT):
+            if self.state.hello_wait:
+                self.clock.advance(floor_twisted.HELLO_TIMEOUT - 1)
+                self.assertEqual(len(self.state.hello_wait), 1)  # not yet
+                self.clock.advance(1 + floor_twisted.SWEEP)
+                done.callback(None)
+            elif time.monotonic() < deadline:
+                reactor.callLater(0.01, tick)
+            else:
+                done.errback(AssertionError("never accepted"))
+
+        tick()
+
+        def check(_):
+            self.assertEqual(self.state.outcomes, {"hello timeout": 1})
+            self.assertEqual(self.state.hello_wait, {})
+            return deferToThread(client.recv, 1).addCallback(self.assertEqual, b"")
+
+        return done.addCallback(check)
 
     def test_inner(self):
         """One inner epoll as a single reader: the same."""

@@ -7,9 +7,10 @@ L{bench.floor_twisted}, all in one run on one machine.
     python bench/cost.py [--quick] [--profile] [--json PATH] [--peers a,b,...]
 
 (from the checkout, with the venv's python).  C{--quick} finishes in well
-under 3 minutes on the 2-core machine of docs/cost.rst; the full run takes
-about 5.  Every loop is bounded in count and time, everything is on
-loopback, every child is stopped by PID.
+under 3 minutes on the 2-core machine of docs/cost.rst (60-130 s with
+all ten proxies, depending on how busy the machine is); the full run
+takes about 5.  Every loop is bounded in count and time, everything is
+on loopback, every child is stopped by PID.
 
 Per proxy (and "direct", the client straight to the backend):
 
@@ -82,7 +83,7 @@ class Plan:
 
 PLANS = {
     "quick": Plan("quick", 10, 200, 3.0, 2, 64 * MiB, 1, 20, 120),
-    "full": Plan("full", 30, 600, 8.0, 2, 512 * MiB, 3, 50, 450),
+    "full": Plan("full", 30, 600, 5.0, 4, 256 * MiB, 3, 50, 450),
 }
 
 
@@ -337,7 +338,7 @@ def goals(results: dict) -> tuple[list[dict], list[str]]:
                 "rate_met": bool(rate_ref) and rate >= 0.95 * rate_ref,
                 "throughput_met": None
                 if up is None or down is None or up_ref is None or down_ref is None
-                else (up >= min(up_ref, 2000) and down >= min(down_ref, 2000)),
+                else (up >= up_ref and down >= down_ref),
                 "up": up,
                 "down": down,
                 "p99_vs_today": None if not p99_today or p99 is None else p99 / p99_today,
@@ -346,8 +347,8 @@ def goals(results: dict) -> tuple[list[dict], list[str]]:
     text = [
         f"Bars (mean of {' and '.join(reference)}): CPU/connection at c=32 <= 1.25 x {cpu_ref:.0f} = {1.25 * cpu_ref:.0f} µs; "
         f"added p50 <= {_f(None if added_ref is None else added_ref * 1e6)} µs; conn/s >= 0.95 x {rate_ref:.0f} = "
-        f"{0.95 * rate_ref:.0f}; throughput each way >= theirs ({_f(up_ref)} / {_f(down_ref)} MB/s) "
-        "(and the issue's 2 GB/s when theirs is above it); p99 no worse than sniproxy's today."
+        f"{0.95 * rate_ref:.0f}; throughput each way >= theirs ({_f(up_ref)} up / {_f(down_ref)} down MB/s; "
+        "the issue also asks >= 2,000 and never below sniproxy's today); p99 no worse than sniproxy's today."
     ]
     return rows, text
 

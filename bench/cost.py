@@ -4,7 +4,7 @@ sniproxy side by side with nginx, haproxy, a bare-epoll CPython relay (the
 floor), Twisted's portforward and the design spikes of
 L{bench.floor_twisted}, all in one run on one machine.
 
-    python bench/cost.py [--quick] [--profile] [--json PATH] [--peers a,b,...]
+    python bench/cost.py [--quick] [--profile] [--syscalls] [--json PATH] [--peers a,b,...]
 
 (from the checkout, with the venv's python).  C{--quick} finishes in well
 under 3 minutes on the 2-core machine of docs/cost.rst (60-130 s with
@@ -30,6 +30,8 @@ Per proxy (and "direct", the client straight to the backend):
     C{DelayedCall}s per connection (cProfile: C{twistd --profile} for
     sniproxy, C{python -m cProfile} for the Python relays), from two runs
     of different lengths so that start-up and shutdown cancel out;
+  - with C{--syscalls}: system calls per connection, by name (C{strace -c
+    -f} attached to each proxy for a few sequential connections);
   - the issue's goal rows against the mean of nginx and haproxy, met or
     not, for sniproxy and for each Python candidate.
 
@@ -76,6 +78,7 @@ class Plan:
     stream_repeats: int
     profile_short: int
     profile_long: int
+    syscall_connections: int = 50
     load_concurrency: int = 32
     load_processes: int = 4
     loop_limit: float = 60.0
@@ -287,6 +290,64 @@ def profile(harness: Harness, directory: str, names: list[str], cafile: str, tls
     return out
 
 
+# ---------------------------------------------------------------- syscalls
+
+
+_STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)\s*$")
+
+
+def parse_strace_summary(text: str) -> dict[str, int]:
+    """C{strace -c}'s table: syscall name -> calls (C{total} included)."""
+    counts = {}
+    for line in text.splitlines():
+        match = _STRACE_ROW.match(line)
+        if match:
+            counts[match.group(3)] = int(match.group(1))
+    return counts
+
+
+def syscalls(harness: Harness, directory: str, running: dict[str, peers.Started], context, connections: int) -> dict:
+    """
+    Per proxy, system calls per connection: C{strace -c -f} attached to it
+    for C{connections} sequential connections (strace slows the proxy
+    down; the counts, not the times, are the figure).
+    """
+    import shutil
+
+    strace = shutil.which("strace")
+    if strace is None:
+        return {"skipped": "strace is not installed"}
+    out: dict[str, Any] = {}
+    for label, started in running.items():
+        path = os.path.join(directory, f"strace-{label}.txt")
+        tracer = harness._start(f"strace-{label}", [strace, "-c", "-f", "-q", "-o", path, "-p", str(started.child.pid)])
+        time.sleep(0.5)  # attached (to every thread)
+        target = clients.Target(label, started.address, topology.NAMES.static)
+        samples = clients.interleaved(context, [target], connections, 60.0)
+        _settle()
+        tracer.process.send_signal(signal.SIGINT)  # detach and write the summary
+        try:
+            tracer.process.wait(10)
+        except Exception:
+            pass
+        tracer.stop()
+        harness.children.remove(tracer)
+        try:
+            with open(path) as f:
+                counts = parse_strace_summary(f.read())
+        except OSError:
+            counts = {}
+        n = max(len(samples.times[label]) + len(samples.errors[label]), 1)
+        if not counts:
+            out[label] = {"error": "strace wrote no summary (ptrace not permitted?)"}
+            continue
+        total = counts.pop("total", sum(counts.values()))
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
+        out[label] = {"per_conn": total / n, "top": {name: calls / n for name, calls in top}, "connections": n}
+        progress(f"  syscalls {label}: {total / n:.1f}/conn")
+    return out
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -406,6 +467,19 @@ def render(results: dict, meta: dict) -> str:
                 f"| {yes(row['throughput_met'])} | {_f(row['p99_vs_today'], 2, 'x')} |"
             )
         results["goals"] = rows
+    calls = results.get("syscalls") or {}
+    if calls:
+        lines += ["", "System calls per connection (strace -c -f, sequential connections):", ""]
+        if "skipped" in calls:
+            lines.append(f"Skipped: {calls['skipped']}.")
+        for label, c in calls.items():
+            if label == "skipped":
+                continue
+            if "error" in c:
+                lines.append(f"- {label}: {c['error']}")
+            else:
+                top = ", ".join(f"{name} {n:.1f}" for name, n in c["top"].items())
+                lines.append(f"- {label}: {c['per_conn']:.1f} ({top})")
     if prof:
         lines += ["", "Profile (cProfile, per connection, long run minus short run): "]
         for name, p in prof.items():
@@ -427,6 +501,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python bench/cost.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter loops (under 3 minutes)")
     parser.add_argument("--profile", action="store_true", help="also count Python calls per connection (cProfile)")
+    parser.add_argument("--syscalls", action="store_true", help="also count system calls per connection (strace -c)")
     parser.add_argument("--json", default=DEFAULT_JSON, help="where to write everything (default: %(default)s)")
     names = [p.name for p in peers.PEERS]
     parser.add_argument("--peers", default="", help=f"comma-separated, of {','.join(names)} (default: all)")
@@ -469,6 +544,9 @@ def main(argv: list[str]) -> int:
         progress(f"throughput: {plan.stream_bytes // MiB} MiB each way, {len(paths)} paths")
         results["throughput"] = throughput(paths, plan)
         meta["load"] = load.finish(harness.children)
+        if options.syscalls:
+            progress("syscalls: strace -c on each proxy")
+            results["syscalls"] = syscalls(harness, directory, running, context, plan.syscall_connections)
         results["counters"] = {}
         for label, started in running.items():
             if label == "floor" or label.startswith("tw-"):

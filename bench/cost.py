@@ -242,9 +242,11 @@ def _profiled_run(harness: Harness, directory: str, name: str, cafile: str, tls_
             "-n", "--pidfile=", "--profile", out, "--profiler", "cprofile", "--savestats", "sniproxy", "--config", config
         )
     else:
-        script = "floor.py" if name == "floor" else "floor_twisted.py"
+        script = "floor.py" if name.startswith("floor") else "floor_twisted.py"
         argv = [sys.executable, "-m", "cProfile", "-o", out, os.path.join(ROOT, "bench", script)]
-        if name != "floor":
+        if name == "floor-et":
+            argv.append("--edge")
+        elif name.startswith("tw-"):
             argv += ["--mode", name[3:]]
         argv += [a for route, p in ((topology.NAMES.static, tls_port),) for a in ("--route", f"{route}=127.0.0.1:{p}")]
     child = harness._start(f"profile-{name}-{n}", argv, pipe_stdout=name != "sniproxy")
@@ -549,13 +551,13 @@ def main(argv: list[str]) -> int:
             results["syscalls"] = syscalls(harness, directory, running, context, plan.syscall_connections)
         results["counters"] = {}
         for label, started in running.items():
-            if label == "floor" or label.startswith("tw-"):
+            if label.startswith(("floor", "tw-")):
                 started.child.process.send_signal(signal.SIGTERM)
                 counted = peers.counters(started)
                 if counted:
                     results["counters"][label] = counted
         if options.profile:
-            python = [n for n in ("sniproxy", "floor", "tw-descriptors", "tw-lean", "tw-inner") if n in running]
+            python = [n for n in ("sniproxy", "floor", "floor-et", "tw-descriptors", "tw-lean", "tw-inner", "tw-inner-et") if n in running]
             progress(f"profile: {', '.join(python)}")
             results["profile"] = profile(harness, directory, python, files.ca, tls_port, raw_port, plan)
     meta["elapsed"] = time.monotonic() - began

@@ -188,6 +188,139 @@ class Floor:
                 one.sock.close()
 
 
+ET = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+RDHUP = select.EPOLLRDHUP
+
+
+class EdgeFloor(Floor):
+    """
+    The floor with fewer system calls, the way nginx does it: each
+    connection socket registered once, edge-triggered, for both
+    directions (never modified, never unregistered: closing removes it);
+    a short read means the socket is drained, and a hang-up flag seen
+    with it means end of stream, so no extra C{recv} for either; a side
+    paused by its peer's backlog remembers that it has unread bytes and
+    is read again when the backlog drains; backend sockets created
+    non-blocking; one accept per event on the (level-triggered) listener;
+    a failed connect shows as the hello's send error.
+    """
+
+    def poll_once(self, timeout: float) -> None:
+        ready = self.epoll.poll(timeout)
+        self.polls += 1
+        self.events += len(ready)
+        sides = self.sides
+        for fd, mask in ready:
+            if (side := sides.get(fd)) is not None:
+                if mask & RDHUP:
+                    side.rdhup = True
+                if mask & OUT and (side.pending or not side.connected):
+                    self.writable(side)
+                if mask & (IN | ERRS | RDHUP) and fd in sides:
+                    self.readable(side)
+            elif fd == self.listener.fileno():
+                self.accept()
+            elif fd in self.stop_fds:
+                self.stopped = True
+
+    def accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        sock.setsockopt(*NODELAY)
+        self.sides[sock.fileno()] = side = EdgeSide(sock)
+        self.epoll.register(side.fd, ET)
+        self.connections += 1
+
+    def readable(self, side: EdgeSide) -> None:
+        peer = side.peer
+        if side.eof:
+            return
+        if peer is not None and (peer.pending or not peer.connected):
+            side.unread = True  # paused: read again once the peer drains
+            return
+        try:
+            n = side.sock.recv_into(self.buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            return self.close(side)
+        if peer is None:
+            if not n:
+                return self.close(side)
+            side.hello += self.buffer[:n]
+            name = parse_sni(side.hello)
+            if name is None and len(side.hello) < MAX_HELLO + 64:
+                return
+            if not name or name not in self.routes:
+                return self.close(side)
+            backend = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            backend.setsockopt(*NODELAY)
+            if backend.connect_ex(self.routes[name]) not in (0, errno.EINPROGRESS):
+                backend.close()
+                return self.close(side)
+            peer = side.peer = EdgeSide(backend)
+            peer.peer, peer.pending, peer.connected, side.hello = side, side.hello, False, b""
+            self.sides[peer.fd] = peer
+            self.epoll.register(peer.fd, ET)
+            return
+        if n:
+            data = self.buffer[:n]
+            try:
+                sent = peer.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return self.close(side)
+            if sent < n:
+                peer.pending = bytes(data[sent:])
+                side.unread = True
+                return
+            if n == len(self.buffer):  # maybe more queued, and no new edge for it
+                return self.readable(side)
+            if not side.rdhup:
+                return
+        side.eof = True
+        try:
+            peer.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if peer.eof:
+            self.close(side)
+
+    def writable(self, side: EdgeSide) -> None:
+        side.connected = True
+        if side.pending:
+            try:
+                sent = side.sock.send(side.pending)
+            except BlockingIOError:
+                return
+            except OSError:
+                return self.close(side)
+            side.pending = side.pending[sent:]
+            if side.pending:
+                return
+        peer = side.peer
+        if peer.unread:
+            peer.unread = False
+            self.readable(peer)
+
+    def close(self, side: Side) -> None:
+        for one in (side, side.peer):
+            if one is not None and self.sides.pop(one.fd, None) is not None:
+                one.sock.close()  # leaves the epoll set with its last reference
+
+
+class EdgeSide(Side):
+    __slots__ = ("rdhup", "connected", "unread")
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.rdhup, self.connected, self.unread = False, True, False
+
+
 def listener(address: str) -> socket.socket:
     host, port = address.rsplit(":", 1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -213,8 +346,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python bench/floor.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--route", action="append", default=[], help="NAME=HOST:PORT (repeatable)")
+    parser.add_argument("--edge", action="store_true", help="edge-triggered, fewer system calls (L{EdgeFloor})")
     options = parser.parse_args(argv)
-    floor = Floor(listener(options.listen), parse_routes(options.route))
+    floor = (EdgeFloor if options.edge else Floor)(listener(options.listen), parse_routes(options.route))
     stop_r, stop_w = os.pipe()
     signal.signal(signal.SIGTERM, lambda *_: os.write(stop_w, b"x"))
     for fd in (stop_r, sys.stdin.fileno()):  # SIGTERM, or our parent is gone

@@ -25,6 +25,9 @@ timers:
     deadlines on one coarse clock swept by a single C{LoopingCall} (no
     timer per connection), and one frozen record per closed connection
     handed to a list of observers (one counts outcomes);
+  - C{inner-et}: C{inner} with the edge-triggered, fewer-system-calls
+    L{EdgeFloor} inside (sockets registered once for both directions,
+    no C{recv} just to learn of a drained socket or an end of stream);
   - C{endpoint}: C{inner}, with the listening socket taken from a Twisted
     endpoint (C{serverFromString(reactor, "tcp:...")}, so that every
     endpoint string still works): the port stops reading
@@ -57,12 +60,12 @@ from twisted.internet.task import LoopingCall  # noqa: E402
 
 from sniproxy.clienthello import ClientHelloError, ClientHelloParser  # noqa: E402
 
-from bench.floor import MAX_HELLO, NODELAY, Floor, listener, parse_routes, parse_sni  # noqa: E402
+from bench.floor import MAX_HELLO, NODELAY, EdgeFloor, Floor, listener, parse_routes, parse_sni  # noqa: E402
 
 SWEEP = 0.5  # seconds between ticks of the coarse clock
 HELLO_TIMEOUT = 5.0
 IDLE_TIMEOUT = 600.0
-MODES = ("descriptors", "descriptors-nolog", "lean", "inner", "endpoint")
+MODES = ("descriptors", "descriptors-nolog", "lean", "inner", "inner-et", "endpoint")
 
 
 class Stats:
@@ -354,7 +357,7 @@ def start(reactor, mode: str, address: str, routes: dict[str, tuple[str, int]], 
         relay = DescriptorRelay(reactor, listener(address), routes, Stats(), lean=mode == "lean", clock=clock)
         reactor.addReader(relay)
         return relay.sock.getsockname()[1], relay
-    if mode == "inner":
+    if mode in ("inner", "inner-et"):
         sock = listener(address)
     elif mode == "endpoint":
         from twisted.internet.endpoints import serverFromString
@@ -370,7 +373,7 @@ def start(reactor, mode: str, address: str, routes: dict[str, tuple[str, int]], 
         sock = twisted_port.socket
     else:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    floor = Floor(sock, routes)
+    floor = (EdgeFloor if mode == "inner-et" else Floor)(sock, routes)
     if mode == "endpoint":
         floor.twisted_port = twisted_port
     reactor.addReader(InnerEpoll(floor))

@@ -62,11 +62,13 @@ PEERS = [
     Peer("nginx", "C", "nginx stream, ssl_preread + map"),
     Peer("haproxy", "C", "haproxy mode tcp, req.ssl_sni"),
     Peer("floor", "Python", "bench/floor.py: bare epoll, recv/send"),
+    Peer("floor-et", "Python", "bench/floor.py --edge: edge-triggered, nginx's system calls"),
     Peer("portforward", "Twisted", "twistd portforward (no SNI)", sni=False),
     Peer("tw-descriptors", "spike", "reactor addReader/addWriter, a descriptor per socket"),
     Peer("tw-descriptors-nolog", "spike", "the same, reactor's callWithLogger patched out"),
     Peer("tw-lean", "spike", "tw-descriptors + sniproxy's hello parser, coarse deadlines, a record per connection"),
     Peer("tw-inner", "spike", "one inner epoll as a single reactor reader"),
+    Peer("tw-inner-et", "spike", "tw-inner with the edge-triggered floor inside"),
     Peer("tw-endpoint", "spike", "tw-inner, listening socket from a Twisted endpoint"),
 ]
 
@@ -207,9 +209,11 @@ def start_peer(peer: Peer, harness: Harness, directory: str, tls_port: int, raw_
             "-n", "--pidfile=", "portforward", "-p", f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(tls_port)
         )
         child = harness._start("portforward", argv)
-    elif peer.name == "floor" or peer.name.startswith("tw-"):
-        if peer.name == "floor":
+    elif peer.name.startswith(("floor", "tw-")):
+        if peer.name.startswith("floor"):
             argv = [sys.executable, os.path.join(ROOT, "bench", "floor.py")]
+            if peer.name == "floor-et":
+                argv.append("--edge")
         else:
             argv = [sys.executable, os.path.join(ROOT, "bench", "floor_twisted.py"), "--mode", peer.name[3:]]
         child = harness._start(peer.name, [*argv, *_route_args(tls_port, raw_port)], pipe_stdout=True)
@@ -223,7 +227,7 @@ def start_peer(peer: Peer, harness: Harness, directory: str, tls_port: int, raw_
 
 def counters(started: Started) -> dict[str, int] | None:
     """After a floor/spike peer is stopped: its C{events}/C{polls}/C{connections} line, if it printed one."""
-    if started.peer.name != "floor" and not started.peer.name.startswith("tw-"):
+    if not started.peer.name.startswith(("floor", "tw-")):
         return None
     try:
         words = started.child.readline(5.0).split()

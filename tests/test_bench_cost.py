@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bench import floor_twisted
 from bench.cost import PLANS, cpu_ns, goals
-from bench.floor import Floor, listener, parse_sni
+from bench.floor import EdgeFloor, Floor, listener, parse_sni
 from sniproxy.testing.clienthello import make_client_hello, split_records
 
 TIMEOUT = 5.0
@@ -131,11 +131,13 @@ class ParseSNITests(SynchronousTestCase):
 class FloorTests(SynchronousTestCase):
     """The bare-epoll relay, run by a thread of the test for a bounded time."""
 
+    floor_class = Floor
+
     def setUp(self) -> None:
         self.backend = _backend()
         self.addCleanup(self.backend.close)
         routes = {"static.bench.test": self.backend.getsockname()}
-        self.floor = Floor(listener("127.0.0.1:0"), routes)
+        self.floor = self.floor_class(listener("127.0.0.1:0"), routes)
         self.port = self.floor.listener.getsockname()[1]
         self.stop = threading.Event()
         thread = threading.Thread(target=self._serve, daemon=True)
@@ -173,6 +175,22 @@ class FloorTests(SynchronousTestCase):
         sent, received = upload(self.port, self.backend, make_client_hello("static.bench.test"), 8 << 20)
         self.assertEqual(sent, received)
         self.assertEqual(self.floor.connections, 1)
+
+
+class EdgeFloorTests(FloorTests):
+    """The same, edge-triggered (L{EdgeFloor}): no event may be lost."""
+
+    floor_class = EdgeFloor
+
+    def test_sequential(self) -> None:
+        """Several connections one after the other: every socket closed, none left in the relay."""
+        hello = make_client_hello("static.bench.test")
+        for _ in range(5):
+            self.assertEqual(exchange(self.port, self.backend, hello)["answer"], b"pong")
+        deadline = time.monotonic() + TIMEOUT
+        while self.floor.sides and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual((self.floor.sides, self.floor.connections), ({}, 5))
 
 
 class SpikeTests(TestCase):
@@ -277,6 +295,16 @@ class SpikeTests(TestCase):
     def test_inner(self):
         """One inner epoll as a single reader: the same."""
         return self._relays("inner")
+
+    def test_inner_et(self):
+        """The inner epoll with the edge-triggered floor: the same."""
+        return self._relays("inner-et")
+
+    def test_inner_et_bulk(self):
+        """A stream larger than any buffer, to a slow reader, arrives intact through the edge-triggered inner epoll."""
+        port = self._start("inner-et")
+        d = deferToThread(upload, port, self.backend, make_client_hello("static.bench.test"), 8 << 20)
+        return d.addCallback(lambda digests: self.assertEqual(digests[0], digests[1]))
 
     def test_endpoint(self):
         """The inner epoll accepting on a Twisted endpoint's listening socket: the same."""

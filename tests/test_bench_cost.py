@@ -21,7 +21,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bench import floor_twisted
-from bench.cost import PLANS, cpu_ns, goals
+from bench.cost import PLANS, cpu_ns, goals, parse_strace_summary
+from bench.peers import PEERS
 from bench.floor import EdgeFloor, Floor, listener, parse_sni
 from sniproxy.testing.clienthello import make_client_hello, split_records
 
@@ -325,10 +326,24 @@ class CostHelpersTests(SynchronousTestCase):
         self.assertGreater(cpu_ns(os.getpid()), before)
 
     def test_quick_plan_is_bounded(self) -> None:
-        """The quick plan's loops fit the 3-minute budget with room to spare (10 targets)."""
+        """The quick plan's loops fit the 3-minute budget: every proxy and direct, ~1 s of set-up per load loop."""
         plan = PLANS["quick"]
-        load = plan.load_passes * 10 * (plan.load_seconds + 1.0)
-        self.assertLess(load + plan.loop_limit, 170)
+        targets = len(PEERS) + 1
+        load = plan.load_passes * targets * (plan.load_seconds + 1.0)
+        sequential = (plan.warmup_rounds + plan.rounds) * targets * 0.004
+        self.assertLess(load + sequential + 20, 180)
+
+    def test_strace_summary(self) -> None:
+        """C{strace -c}'s table, with and without an errors column, to calls by name."""
+        text = (
+            "% time     seconds  usecs/call     calls    errors syscall\n"
+            "------ ----------- ----------- --------- --------- ----------------\n"
+            " 40.00    0.000400           2       200           epoll_wait\n"
+            " 30.00    0.000300           3       100        50 accept4\n"
+            "------ ----------- ----------- --------- --------- ----------------\n"
+            "100.00    0.001000           3       300        50 total\n"
+        )
+        self.assertEqual(parse_strace_summary(text), {"epoll_wait": 200, "accept4": 100, "total": 300})
 
     def test_goals(self) -> None:
         """Goal rows: against the mean of nginx and haproxy, each met or not."""

@@ -87,7 +87,7 @@ class Plan:
 PLANS = {
     # The concurrency-32 loop visits every proxy several times, briefly, so
     # that a burst of other work on a shared machine falls on all of them.
-    "quick": Plan("quick", 10, 200, 2.0, 3, 64 * MiB, 1, 20, 120),
+    "quick": Plan("quick", 10, 200, 2.0, 3, 128 * MiB, 1, 20, 120),
     "full": Plan("full", 30, 600, 4.0, 5, 256 * MiB, 3, 50, 450, syscall_connections=200),
 }
 

@@ -3,7 +3,7 @@ The floor: a bare-epoll CPython relay that routes by SNI with recv/send,
 no framework, as the reference for what a proxy in this language can cost
 per connection (issue 11).
 
-    python bench/floor.py --listen 127.0.0.1:0 --route NAME=HOST:PORT ...
+    python bench/floor.py [--edge] --listen 127.0.0.1:0 --route NAME=HOST:PORT ...
 
 prints C{"listening <port>"} once listening; on SIGTERM (or when its
 standard input closes) it prints C{"events <n> polls <m> connections <k>"}
@@ -11,6 +11,8 @@ and exits.  Level-triggered epoll, one 256 KiB buffer for every recv, a
 partial send keeps the rest and pauses the other side (bounded memory),
 half-close passed on, the ClientHello replayed byte for byte.  A name
 without a route, or a hello that does not parse, is closed.  No timers.
+C{--edge}: L{EdgeFloor}, the same relay with nginx's pattern of system
+calls (edge-triggered, each socket registered once).
 """
 
 from __future__ import annotations

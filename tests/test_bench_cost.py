@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bench import floor_twisted
+from bench import floor_twisted, peers
 from bench.cost import PLANS, cpu_ns, goals, parse_strace_summary
 from bench.peers import PEERS
 from bench.floor import EdgeFloor, Floor, listener, parse_sni
@@ -335,6 +335,35 @@ class CostHelpersTests(SynchronousTestCase):
         load = plan.load_passes * targets * (plan.load_seconds + 1.0)
         sequential = (plan.warmup_rounds + plan.rounds) * targets * 0.004
         self.assertLess(load + sequential + 20, 180)
+
+    def test_missing_peer_is_a_note(self) -> None:
+        """A peer whose program or module is missing is skipped with a note, nothing started."""
+        self.patch(peers, "NGINX_MODULES", ("/nonexistent/ngx_stream_module.so",))
+        nginx = next(p for p in PEERS if p.name == "nginx")
+        note = peers.start_peer(nginx, None, "/nonexistent", 1, 2)  # type: ignore[arg-type]
+        self.assertEqual(note, "nginx or its stream module (libnginx-mod-stream) is not installed")
+
+    def test_peer_configs(self) -> None:
+        """The generated configs route both bench names to the backend's two ports, on loopback."""
+        nginx = peers.nginx_config("/d", "/m.so", 8443, 9001, 9002)
+        self.assertIn("static.bench.test 127.0.0.1:9001;", nginx)
+        self.assertIn("stream.bench.test 127.0.0.1:9002;", nginx)
+        self.assertIn("listen 127.0.0.1:8443", nginx)
+        haproxy = peers.haproxy_config(8443, 9001, 9002)
+        self.assertIn("use_backend b0 if { req.ssl_sni -i static.bench.test }", haproxy)
+        self.assertIn("server s1 127.0.0.1:9002", haproxy)
+        self.assertIn("bind 127.0.0.1:8443", haproxy)
+        sniproxy = peers.sniproxy_config(9001, 9002)
+        self.assertIn('"static.bench.test" = "127.0.0.1:9001"', sniproxy)
+        self.assertIn('access = ""', sniproxy)
+
+    def test_sniproxy_config_is_valid(self) -> None:
+        """sniproxy accepts the config the benchmark generates for it (so a renamed key shows here, not mid-run)."""
+        import tomllib
+
+        from sniproxy.config import parse_config
+
+        parse_config(tomllib.loads(peers.sniproxy_config(9001, 9002)))
 
     def test_strace_summary(self) -> None:
         """C{strace -c}'s table, with and without an errors column, to calls by name."""

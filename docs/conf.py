@@ -27,7 +27,7 @@ extensions = ["sniproxy_config"]
 # Fields of sniproxy.config's dataclasses without an "@ivar name:" line
 # are listed at build time; once every field is documented, set this to
 # True and an undocumented field fails the build (warnings fail with -W).
-sniproxy_config_strict = False
+sniproxy_config_strict = True
 
 root_doc = "index"
 exclude_patterns = ["_build"]

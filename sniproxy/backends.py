@@ -288,6 +288,10 @@ class BackendBoard:
             # This connection probes the instance; the healthy ones stand
             # behind it, staggered, so the client barely notices a failure.
             probe.state = HealthState.PROBING
+            if not healthy:
+                # Every instance is ejected: the probe first, then the rest
+                # in config order, as without health.
+                return (probe.address, *(i.address for i in plan if i is not probe))
             return (probe.address, *(i.address for i in healthy))
         if not healthy:
             # Every instance is ejected: try them all, as without health.
@@ -367,12 +371,21 @@ class BackendBoard:
         outcome and bytes for its app, and it is no longer live.
         """
         app_id = record.app
+        up, down = record.bytes_up, record.bytes_down
+        # The instance first: its connect counted it live whether or not
+        # the app's label still exists (a reload may have dropped the app
+        # while this connection was routing on the old router).
+        if app_id is not None and record.backend is not None:
+            instance = self._instances.get(record.backend)
+            if instance is not None:
+                instance.live -= 1
+                instance.bytes_up += up
+                instance.bytes_down += down
         label = self._labels.get(app_id if app_id is not None else record.source)
         if label is None:
             return
         outcome = record.outcome
         label.outcomes[outcome] = label.outcomes.get(outcome, 0) + 1
-        up, down = record.bytes_up, record.bytes_down
         label.bytes_up += up
         label.bytes_down += down
         # A connection refused by the app's cap was never counted live.
@@ -380,12 +393,6 @@ class BackendBoard:
             label.live -= 1
             if label.live <= 0 and not label.configured:
                 self._labels.pop(label.name, None)
-        if app_id is not None and record.backend is not None:
-            instance = self._instances.get(record.backend)
-            if instance is not None:
-                instance.live -= 1
-                instance.bytes_up += up
-                instance.bytes_down += down
 
     # -- reading
 

@@ -36,7 +36,8 @@ def check(path: str, *, systemd_sockets: Sequence[str] | None = None) -> Config:
     Validate the config file at C{path} as a start or a reload would.
 
     Nothing is started: no port is bound, no DNS query sent, no file
-    created or written.
+    written (a missing access log's directory is probed with an empty
+    file, removed at once).
 
     @param systemd_sockets: the names of the sockets systemd passes the
         daemon (C{FileDescriptorName=}, one per socket, in order), to check

@@ -229,6 +229,23 @@ class HealthTests(BoardTestCase):
         self.assertEqual(self.state(board, B).state, HealthState.UP)
         self.assertEqual(board.admit(SHOP), (B,))
 
+    def test_all_ejected_probe_leads_the_rest(self):
+        """Every instance ejected and one due for its probe: the probe first, then all the others."""
+        board = self.board()
+        for address in (A, B, C):
+            board.attempt_failed(address, "refused")
+        self.clock.advance(1.0)
+        self.assertEqual(board.admit(SHOP), (A, B, C))
+        self.assertEqual(self.state(board, A).state, HealthState.PROBING)
+
+    def test_instance_released_after_its_app_is_dropped(self):
+        """A connection routed to an app that a reload then removed still releases its instance."""
+        board = self.board()
+        board.configure(parse_config({}))
+        board.attempt_won(A)  # routed on the old router: no label, counted live
+        board.record_closed(record(SHOP, A))
+        self.assertEqual(board._instances[A].live, 0)
+
     def test_one_record_per_address(self):
         """An address shared by two apps has one health record."""
         board = self.board()

@@ -229,6 +229,32 @@ class BadFileTests(PersistTestCase):
         self.events.clear()
         self.check("names 30 entries, more than twice dns.max_entries (3)", max_entries=3)
 
+    def test_deep_nesting(self) -> None:
+        """JSON nested past the parser's recursion limit is corrupt, not a crash."""
+        self.write(b"[" * 100_000)
+        self.check("not valid JSON")
+
+    @defer.inlineCallbacks
+    def test_huge_numbers(self) -> None:
+        document = yield self.good()
+        for field in ("fetched", "raw_ttl"):
+            broken = json.loads(json.dumps(document))
+            broken["entries"][1][field] = 10**400
+            self.write(json.dumps(broken))
+            self.events.clear()
+            self.check("not a finite number")
+
+    @defer.inlineCallbacks
+    def test_saved_in_the_future(self) -> None:
+        """An entry fetched after now (a clock that was ahead) is not loaded as fresh."""
+        document = yield self.good()
+        for item in document["entries"]:
+            item["fetched"] += 30 * 86400
+        self.write(json.dumps(document))
+        cache = self.cache()
+        self.assertEqual(load_cache(cache, self.path, 100), 0)
+        self.assertEqual(len(cache), 0)
+
     def test_too_large(self) -> None:
         self.write(b" " * (2 << 20))
         self.check("larger than", max_entries=1)

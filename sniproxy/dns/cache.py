@@ -1031,7 +1031,9 @@ class CachingResolver(common.ResolverBase):
             if len(added) >= room:
                 break
             key = (item.name, item.type, item.cls)
-            if key in self._entries:
+            if key in self._entries or item.fetched > now + 1:
+                # Kept, or saved by a clock ahead of ours: an answer from
+                # the future could be served as fresh for far too long.
                 continue
             entry = _Entry(
                 item.records,

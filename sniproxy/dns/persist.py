@@ -154,7 +154,10 @@ def _field(item: dict[str, Any], name: str, kinds: Any, where: str) -> Any:
 
 
 def _time(value: Any, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # An int too large for a float (JSON has no bound) is as bad as inf.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -(2**53) < value < 2**53:
+        raise CacheFileError(f"{where}: {name} is not a finite number")
+    if not math.isfinite(value):
         raise CacheFileError(f"{where}: {name} is not a finite number")
     return float(value)
 
@@ -240,7 +243,7 @@ def read_cache_file(path: str, max_entries: int) -> list[SavedEntry]:
         raise CacheFileError(f"larger than {limit} bytes (dns.max_entries = {max_entries})")
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise CacheFileError(f"not valid JSON (truncated or corrupt): {str(error)[:80]}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CacheFileError("not a sniproxy DNS cache file")
@@ -266,6 +269,14 @@ def load_cache(resolver: CachingResolver, path: str, max_entries: int) -> int:
         saved = read_cache_file(path, max_entries)
     except CacheFileError as error:
         log.warn("DNS cache file {path}: {reason}; starting with an empty cache", path=path, reason=str(error))
+        return 0
+    except Exception as error:
+        # The file is outside input: whatever it holds, the proxy starts.
+        log.warn(
+            "DNS cache file {path}: unreadable ({kind}); starting with an empty cache",
+            path=path,
+            kind=type(error).__name__,
+        )
         return 0
     loaded = resolver.restore(saved)
     log.info("DNS cache file {path}: loaded {loaded} of {total} entries", path=path, loaded=loaded, total=len(saved))

@@ -443,3 +443,79 @@ class EncodingTests(SynchronousTestCase):
         args = encode_entry((NAME, dns.TXT, dns.IN), self.entry(), 110.0)
         del args["stamp"]
         self.assertRaises(BadEntry, decode_entry, args, 0.0, (86400.0, 10.0))
+
+
+class _Upstream:
+    """An upstream that answers when told to."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred] = []
+
+    def query(self, query):
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class CacheHookTests(SynchronousTestCase):
+    """The two small hooks L{CachingResolver} gained for the shared cache."""
+
+    def setUp(self) -> None:
+        from sniproxy.dns.cache import CachingResolver
+
+        self.clock = Clock()
+        self.upstream = _Upstream()
+        self.cache = CachingResolver(self.upstream, self.clock, min_refresh=0.0)
+        self.seen: list = []
+        self.cache.listeners.append(lambda key, entry: self.seen.append((key, entry.negative, entry.expires)))
+
+    def answer(self, ttl: int = 60) -> None:
+        record = dns.RRHeader(b"a.test", dns.A, dns.IN, ttl, dns.Record_A("127.0.0.1"), auth=True)
+        self.upstream.pending.pop(0).callback(([record], [], []))
+
+    def test_listeners_on_store(self):
+        """Listeners hear each stored answer (first, refresh), not hits."""
+        d = self.cache.query("a.test", dns.A)
+        self.answer()
+        self.successResultOf(d)
+        self.assertEqual(self.seen, [(("a.test", dns.A, dns.IN), None, 60.0)])
+        self.successResultOf(self.cache.query("a.test", dns.A))
+        self.assertEqual(len(self.seen), 1)
+        self.clock.advance(55)
+        self.successResultOf(self.cache.query("a.test", dns.A))  # refresh ahead
+        self.answer()
+        self.assertEqual(self.seen[1], (("a.test", dns.A, dns.IN), None, 115.0))
+
+    def test_listeners_on_negative_and_dropped(self):
+        """Negative answers, and answers not worth keeping, are heard too."""
+        d = self.cache.query("a.test", dns.A)
+        self.upstream.pending.pop(0).callback(([], [], []))
+        self.assertEqual(self.successResultOf(d).negative, "nodata")
+        d = self.cache.query("b.test", dns.A)
+        self.answer(ttl=0)
+        self.successResultOf(d)
+        self.assertEqual([negative for _, negative, _ in self.seen], ["nodata", None])
+        self.assertEqual(self.cache.peek("b.test", dns.A).state, "absent")
+
+    def test_failing_listener_logged(self):
+        """A listener that raises is logged; the others and the waiters go on."""
+        def broken(key, entry):
+            raise RuntimeError("boom")
+
+        self.cache.listeners.insert(0, broken)
+        d = self.cache.query("a.test", dns.A)
+        self.answer()
+        self.successResultOf(d)
+        self.assertEqual(len(self.seen), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_refreshed(self):
+        """C{refreshed} joins the query in flight, uncounted; C{None} without one."""
+        self.assertIsNone(self.cache.refreshed("a.test", dns.A))
+        d = self.cache.query("a.test", dns.A)
+        joined = self.cache.refreshed("A.test.", dns.A)
+        self.assertNoResult(joined)
+        self.answer()
+        self.assertEqual(self.successResultOf(joined).records, self.successResultOf(d).records)
+        self.assertEqual(self.cache.counters.misses, 1)
+        self.assertEqual(self.cache.counters.merged, 0)

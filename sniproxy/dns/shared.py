@@ -417,8 +417,10 @@ class DNSOwner:
             try:
                 mirror.callRemote(Learned, **args)
                 self.pushes += 1
-            except Exception:
-                log.failure("Pushing {name} to a DNS mirror failed", name=key[0])
+            except Exception as error:
+                # An answer too big for one AMP value (64 KiB): the mirrors
+                # ask for it when they need it.
+                log.warn("Cannot push {name} to a DNS mirror: {reason}", name=key[0], reason=describe_error(error))
 
     def _lookup(self, name: str, type: int, cls: int, refresh: bool, have: float) -> defer.Deferred[dict[str, Any]]:
         self.lookups += 1

@@ -132,6 +132,29 @@ class SharedCacheTests(_Shared, TestCase):
         self.assertEqual(len(self.server.queries_for(NAME)), 1)
 
     @defer.inlineCallbacks
+    def test_warm_on_connect(self):
+        """
+        A mirror that connects late gets the owner's entries (at most its
+        C{max_entries}, the most recently used), stale ones included: it
+        answers them without asking.
+        """
+        for i in range(4):
+            self.server.add_txt(f"n{i}.test", str(i), ttl=10)
+        self.server.add_txt("late.test", "x", ttl=60)
+        for i in range(4):
+            yield self.cache.query(f"n{i}.test", dns.TXT)
+        self.clock.advance(20)  # n0..n3 stale
+        yield self.cache.query("late.test", dns.TXT)
+        yield self.start_owner()
+        mirror = yield self.mirror(DNSConfig(servers=self.config.servers, max_entries=3))
+        yield mirror.warmed
+        self.assertEqual(len(mirror), 3)
+        self.assertEqual(mirror.peek("n0.test", dns.TXT).state, "absent")
+        self.assertEqual(mirror.peek("n3.test", dns.TXT).state, "stale")
+        self.assertEqual(self.successResultOf(mirror.query("late.test", dns.TXT)).state, HIT)
+        self.assertEqual(self.owner.lookups, 0)
+
+    @defer.inlineCallbacks
     def test_negative_mirrored(self):
         """An NXDOMAIN learnt through one mirror is a negative hit in the other."""
         yield self.start_owner()

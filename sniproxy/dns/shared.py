@@ -62,7 +62,7 @@ import stat
 from typing import Any, Iterable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
@@ -103,6 +103,9 @@ RECONNECT_MAX = 5.0
 
 #: Names per Prefetch command (AMP values are at most 65,535 bytes).
 PREFETCH_BATCH = 200
+
+#: Entries a new mirror is sent per turn of the owner's reactor.
+WARM_BATCH = 100
 
 
 class OwnerError(Exception):
@@ -166,6 +169,11 @@ class Learned(amp.Command):
 
 class Prefetch(amp.Command):
     arguments = [(b"names", amp.ListOf(amp.Unicode())), (b"types", amp.ListOf(amp.Integer()))]
+    response: list[Any] = []
+
+
+class Warm(amp.Command):
+    arguments = [(b"limit", amp.Integer())]
     response: list[Any] = []
 
 
@@ -333,6 +341,10 @@ class _OwnerProtocol(amp.AMP):
     def sync(self) -> dict[str, Any]:
         return {}
 
+    @Warm.responder
+    def warm(self, limit: int) -> defer.Deferred[dict[str, Any]]:
+        return self.owner._warm(self, limit)
+
 
 class DNSOwner:
     """
@@ -450,6 +462,37 @@ class DNSOwner:
             return failure
         return Failure(OwnerError(describe_error(failure.value)))
 
+    def _warm(self, mirror: _OwnerProtocol, limit: int) -> defer.Deferred[dict[str, Any]]:
+        """
+        Push the C{limit} most recently used servable entries to a mirror
+        that just connected, least recently used first (so its LRU order is
+        the owner's), C{WARM_BATCH} at a time between other work.
+        """
+        resolver = self.resolver
+        keys = list(resolver._entries)[-limit:] if limit > 0 else []
+
+        def pushes() -> Any:
+            for start in range(0, len(keys), WARM_BATCH):
+                if mirror not in self.mirrors:
+                    return
+                now = resolver.clock.seconds()
+                for key in keys[start : start + WARM_BATCH]:
+                    entry = resolver._entries.get(key)
+                    if entry is None:
+                        continue
+                    if entry.generation != resolver._generation:
+                        resolver._schedule(entry)
+                    if now >= entry.expires + resolver._max_stale:
+                        continue
+                    try:
+                        mirror.callRemote(Learned, **encode_entry(key, entry, now))
+                        self.pushes += 1
+                    except Exception as error:
+                        log.warn("Cannot push {name} to a DNS mirror: {reason}", name=key[0], reason=describe_error(error))
+                yield None
+
+        return task.cooperate(pushes()).whenDone().addCallback(lambda _: {})
+
     def _prefetch(self, names: list[str], types: list[int]) -> defer.Deferred[dict[str, Any]]:
         if not all(0 < t < 65536 for t in types):
             return defer.fail(OwnerError("bad type"))
@@ -524,6 +567,10 @@ class DNSMirror(CachingResolver):
 
     @ivar path: the owner's UNIX socket.
     @ivar connected: whether the mirror is connected to the owner now.
+    @ivar warmed: fires (never fails) once the owner has sent its entries
+        after the latest connection: each connection starts with the
+        owner's most recently used C{max_entries} entries, so a worker
+        (re)started late is as warm as the others.
     """
 
     def __init__(self, path: str, config: DNSConfig, reactor: Any, clock: IReactorTime | None = None) -> None:
@@ -536,6 +583,7 @@ class DNSMirror(CachingResolver):
         self._reactor = reactor
         self._timeout = config.deadline + 1.0
         self._protocol: _MirrorProtocol | None = None
+        self.warmed: defer.Deferred[None] = defer.Deferred()
         factory = Factory.forProtocol(lambda: _MirrorProtocol(self))
         factory.noisy = False
         self._service = ClientService(
@@ -620,6 +668,13 @@ class DNSMirror(CachingResolver):
         # Back-offs were earned while the owner was away.
         self._backoff.clear()
         log.info("Connected to the DNS owner at {path}", path=self.path)
+        self.warmed = protocol.callRemote(Warm, limit=self._max_entries).addCallbacks(
+            lambda _: None, self._warm_failed
+        )
+
+    def _warm_failed(self, failure: Failure) -> None:
+        if not self._stopped:
+            log.warn("The DNS owner's entries did not all arrive: {reason}", reason=describe_error(failure.value))
 
     def _disconnected(self, protocol: _MirrorProtocol) -> None:
         if self._protocol is protocol:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import tomllib
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
@@ -17,7 +18,11 @@ from twisted.logger import globalLogPublisher
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from sniproxy.config import DNSConfig
+from sniproxy.addresses import AddressResolver
+from sniproxy.apps import AppRegistry
+from sniproxy.config import DNSConfig, parse_config
+from sniproxy.interfaces import RoutingError
+from sniproxy.sources.txt import TXTResolver
 from sniproxy.dns import build_dns
 from sniproxy.dns.cache import HIT, MISS, NEGATIVE, STALE, Origin, _Entry
 from sniproxy.dns.shared import (
@@ -254,6 +259,38 @@ class SteadyTwoMirrorTests(_Shared, TestCase):
         """Two mirrors: as many upstream queries as with one (7 for T=60, t=10)."""
         two = yield self.run_steady(2, 10, 60, 0.5)
         self.assertEqual(two, 7)
+
+
+class RoutingTests(_Shared, TestCase):
+    """The route sources work on a mirror as on the cache."""
+
+    def source(self, mirror) -> TXTResolver:
+        config = parse_config(tomllib.loads('[apps.myapp]\nbackends = ["127.0.0.2"]\n'))
+        return TXTResolver(config.routing.txt, mirror, AppRegistry(config.apps, AddressResolver(mirror)))
+
+    @defer.inlineCallbacks
+    def test_txt_route_through_mirrors(self):
+        """
+        A TXT route resolved through one worker's mirror costs the other
+        worker nothing; without the owner a new name is a routing failure,
+        at once.
+        """
+        self.server.add_txt(NAME, "myapp:8443", ttl=60)
+        yield self.start_owner()
+        first, second = yield self.mirrors(2)
+        route = yield self.source(first).resolve("shop.test")
+        self.assertEqual([(a.host, a.port) for a in route.backends], [("127.0.0.2", 8443)])
+        yield self.settle(first, second)
+        lookups = self.owner.lookups
+        route = self.successResultOf(self.source(second).resolve("shop.test"))
+        self.assertEqual([(a.host, a.port) for a in route.backends], [("127.0.0.2", 8443)])
+        self.assertEqual(self.owner.lookups, lookups)
+        yield self.owner.stop()
+        yield second.stop()
+        failure = self.failureResultOf(self.source(second).resolve("new.test"))
+        failure.trap(RoutingError)
+        self.assertIn("OwnerUnavailable", str(failure.value))
+        self.flushLoggedErrors()
 
 
 class OwnerLossTests(_Shared, TestCase):

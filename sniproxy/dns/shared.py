@@ -213,12 +213,12 @@ def encode_entry(key: Key, entry: _Entry, now: float) -> dict[str, Any]:
     }
 
 
-def _encode_answer(answer: Answer) -> dict[str, Any]:
+def _encode_answer(key: Key, answer: Answer) -> dict[str, Any]:
     """An answer the owner did not keep (TTL 0), for the lookup that asked."""
     return {
-        "name": answer.name,
-        "type": answer.type,
-        "cls": dns.IN,
+        "name": key[0],
+        "type": key[1],
+        "cls": key[2],
         "message": _message(answer.records, answer.authority, answer.additional, False),
         "negative": answer.negative or "",
         "age": 0.0,
@@ -454,7 +454,7 @@ class DNSOwner:
                 raise NotRefreshed("the owner is not refreshing it")
             return waiting.addCallback(self._answered, key, False, have)
         if entry is None:
-            return _encode_answer(answer)
+            return _encode_answer(key, answer)
         return encode_entry(key, entry, self.resolver.clock.seconds())
 
     def _failed(self, failure: Failure) -> Failure:

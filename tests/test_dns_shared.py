@@ -151,8 +151,12 @@ class SharedCacheTests(_Shared, TestCase):
         self.clock.advance(20)  # n0..n3 stale
         yield self.cache.query("late.test", dns.TXT)
         yield self.start_owner()
-        mirror = yield self.mirror(DNSConfig(servers=self.config.servers, max_entries=3))
-        yield mirror.warmed
+        mirror = DNSMirror(self.path, DNSConfig(servers=self.config.servers, max_entries=3), reactor, self.clock)
+        self.addCleanup(mirror.stop)
+        # Waiting before the first connection works too.
+        warmed = mirror.warmed
+        mirror.start()
+        yield warmed
         self.assertEqual(len(mirror), 3)
         self.assertEqual(mirror.peek("n0.test", dns.TXT).state, "absent")
         self.assertEqual(mirror.peek("n3.test", dns.TXT).state, "stale")

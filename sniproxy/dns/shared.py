@@ -68,7 +68,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.names import dns
-from twisted.names.error import DNSQueryRefusedError, DNSQueryTimeoutError, DNSServerError, DomainError
+from twisted.names.error import DNSQueryRefusedError, DNSQueryTimeoutError, DNSServerError
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -668,9 +668,13 @@ class DNSMirror(CachingResolver):
         # Back-offs were earned while the owner was away.
         self._backoff.clear()
         log.info("Connected to the DNS owner at {path}", path=self.path)
+        waiting = self.warmed
         self.warmed = protocol.callRemote(Warm, limit=self._max_entries).addCallbacks(
             lambda _: None, self._warm_failed
         )
+        if not waiting.called:
+            # Whoever waited before this connection is told too.
+            self.warmed.addCallback(lambda _: waiting.callback(None))
 
     def _warm_failed(self, failure: Failure) -> None:
         if not self._stopped:

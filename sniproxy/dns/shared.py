@@ -151,6 +151,8 @@ _ERRORS = {
 
 
 class Lookup(amp.Command):
+    """Mirror to owner: the owner's entry for a key (waiting for its refresh when C{refresh})."""
+
     arguments = [
         (b"name", amp.Unicode()),
         (b"type", amp.Integer()),
@@ -163,21 +165,29 @@ class Lookup(amp.Command):
 
 
 class Learned(amp.Command):
+    """Owner to mirror, unanswered: an entry the owner's cache just stored."""
+
     arguments = _ENTRY
     requiresAnswer = False
 
 
 class Prefetch(amp.Command):
+    """Mirror to owner: prefetch these names (answered when the owner's lookups are done)."""
+
     arguments = [(b"names", amp.ListOf(amp.Unicode())), (b"types", amp.ListOf(amp.Integer()))]
     response: list[Any] = []
 
 
 class Warm(amp.Command):
+    """Mirror to owner: push me your C{limit} most recently used entries."""
+
     arguments = [(b"limit", amp.Integer())]
     response: list[Any] = []
 
 
 class Sync(amp.Command):
+    """Mirror to owner, answered at once: a barrier behind every earlier push."""
+
     arguments: list[Any] = []
     response: list[Any] = []
 
@@ -630,8 +640,9 @@ class DNSMirror(CachingResolver):
     def prefetch(self, names: Iterable[str], types: Iterable[int] = (dns.A, dns.AAAA)) -> defer.Deferred[None]:
         """
         Ask the owner to prefetch C{names}; its answers reach every mirror
-        as pushes.  Without a connection to the owner this logs a warning
-        and does nothing (the owner prefetches its own list itself).
+        as pushes.  Without a connection to the owner this does nothing
+        but a debug line: the owner prefetches the config's names itself,
+        and a mirror that connects is sent the owner's entries.
 
         @return: fires when the owner's lookups are done (never fails).
         """
@@ -640,7 +651,7 @@ class DNSMirror(CachingResolver):
             return defer.succeed(None)
         protocol = self._protocol
         if protocol is None:
-            log.warn("Cannot prefetch {count} DNS names: no connection to the DNS owner", count=len(names))
+            log.debug("Not prefetching {count} DNS names: no connection to the DNS owner", count=len(names))
             return defer.succeed(None)
         batches = []
         for start in range(0, len(names), PREFETCH_BATCH):

@@ -15,7 +15,6 @@ import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
-from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
 from sniproxy.config import DNSConfig
@@ -34,7 +33,6 @@ CHILD = r"""
 import json, sys
 from twisted.internet import reactor, stdio, defer
 from twisted.protocols.basic import LineReceiver
-from twisted.names import dns
 from sniproxy.config import DNSConfig
 from sniproxy.dns.shared import DNSMirror
 

@@ -33,6 +33,7 @@ CHILD = r"""
 import json, sys
 from twisted.internet import reactor, stdio, defer
 from twisted.protocols.basic import LineReceiver
+from twisted.names import dns
 from sniproxy.config import DNSConfig
 from sniproxy.dns.shared import DNSMirror
 
@@ -56,7 +57,8 @@ class Commands(LineReceiver):
         def done(answers):
             self.sendLine(json.dumps([[str(a.state), b"".join(a.records[0].payload.data).decode()] for a in answers]).encode())
 
-        d.addCallbacks(done, lambda f: self.sendLine(json.dumps({"error": str(f.value)}).encode()))
+        d.addCallback(done)
+        d.addErrback(lambda f: self.sendLine(json.dumps({"error": str(f.value)}).encode()))
 
     def connectionLost(self, reason):
         mirror.stop().addBoth(lambda _: reactor.stop())
@@ -133,7 +135,10 @@ class ProcessTests(TestCase):
     @defer.inlineCallbacks
     def ask(self, child, name: str, count: int):
         child.transport.write(f"{name} {count}\n".encode())
-        line = yield child.line()
+        try:
+            line = yield child.line()
+        except defer.TimeoutError:
+            self.fail(f"no answer from the child: {child.errors.decode(errors='replace')}")
         return json.loads(line)
 
     @defer.inlineCallbacks

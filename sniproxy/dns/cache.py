@@ -494,6 +494,12 @@ class CachingResolver(common.ResolverBase):
 
     @ivar counters: the L{Counters}.
     @ivar upstream: the upstream resolver.
+    @ivar listeners: callables called with C{(key, entry)} whenever an
+        upstream answer (a first answer, a refresh, a negative answer) is
+        stored, or dropped as not worth keeping; C{key} is C{(name, type,
+        cls)} and C{entry} the cache's own (read-only) record of it.  The
+        shared cache (L{sniproxy.dns.shared}) pushes them to the workers.
+        Nothing is called for hits, and an empty list costs nothing.
     """
 
     def __init__(
@@ -530,6 +536,7 @@ class CachingResolver(common.ResolverBase):
         self._retired: list[Any] = []
         self._origin = Origin.UPSTREAM
         self._generation = 0
+        self.listeners: list[Any] = []
         self.counters = Counters(self._entries, self._flights)
         self.configure(
             min_ttl=min_ttl,
@@ -911,6 +918,14 @@ class CachingResolver(common.ResolverBase):
                 if old.expires > entry.expires:
                     entry.expires = old.expires
                     entry.refresh = max(entry.refresh, math.floor(old.expires) + 1.0)
+        self._store(key, entry, waiters, now)
+
+    def _store(self, key: Key, entry: _Entry, waiters: list[_Waiter], now: float) -> None:
+        """
+        Hold a new entry for C{key} (or drop the old one, if the new one is
+        not worth keeping), tell the listeners, answer the waiters.
+        """
+        entries = self._entries
         self._backoff.pop(key, None)
         if self._keeps(entry):
             entries[key] = entry
@@ -922,6 +937,11 @@ class CachingResolver(common.ResolverBase):
             # Good for the lookups that waited for it, and nothing more (an
             # older entry included).
             entries.pop(key, None)
+        for listener in self.listeners:
+            try:
+                listener(key, entry)
+            except Exception:
+                log.failure("A DNS cache listener failed on {name}", name=key[0])
         for waiter in waiters:
             self._count(waiter)
             waiter.deferred.callback(self._answer(key, entry, waiter.state, now))
@@ -1092,6 +1112,18 @@ class CachingResolver(common.ResolverBase):
             type=dns.QUERY_TYPES.get(type, type),
             reason=describe_error(failure.value),
         )
+
+    def refreshed(self, name: str | bytes, type: int, cls: int = dns.IN) -> defer.Deferred[Answer] | None:
+        """
+        The result of the upstream query in flight for C{name} and C{type}
+        (a refresh, or a miss's query), without counting a lookup; C{None}
+        when none is in flight.  It fails as the query does (transient
+        failures only).
+        """
+        flight = self._flights.get((normalise(name), type, cls))
+        if flight is None:
+            return None
+        return self._join((normalise(name), type, cls), flight, MERGED, None)
 
     def when_idle(self) -> defer.Deferred[None]:
         """Fires when no upstream query is in flight (at once if none is)."""

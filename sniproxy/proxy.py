@@ -19,7 +19,7 @@ import ipaddress
 from typing import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from sniproxy.clientnets import ClientNetworks, RefusalLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig
 from sniproxy.connect import ConnectError, connect
+from sniproxy.deadlines import Deadlines
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxyprotocol import ProxyHeader, ProxyHeaderError, parse_proxy_header
@@ -45,7 +46,8 @@ __all__ = ["ClientConnection", "ProxyFactory"]
 log = Logger()
 
 # After a rejection the alert is written and our side half-closed; the
-# client gets this long to read it and close before we drop the connection.
+# client gets this long (within the 0.1 s of the factory's deadlines) to
+# read it and close before we drop the connection.
 # Reading (and discarding) meanwhile keeps the kernel from answering the
 # client's unread bytes with a reset that could destroy the alert.
 LINGER = 2.0
@@ -97,7 +99,9 @@ class ClientConnection(Protocol):
         self.clock = factory.clock
         self.parser: ClientHelloParser | None = ClientHelloParser(self.settings.max_hello_bytes)
         self.pending: Deferred | None = None
-        self.timer: IDelayedCall | None = None
+        # The one pending deadline (hello timeout, or the linger after a
+        # rejection) on the factory's Deadlines: (bucket, callable).
+        self.timer: tuple[int, Callable[[], object]] | None = None
         self.started = self.clock.seconds()
         self.hello_at: float | None = None
         self.routed_at: float | None = None
@@ -118,7 +122,7 @@ class ClientConnection(Protocol):
         self.client_ip = getattr(peer, "host", "")
         if self.factory.trusts_proxy_header(peer):
             self.inbound = b""
-        self.timer = self.clock.callLater(self.settings.hello_timeout, self._hello_timed_out)
+        self.timer = (self.factory.deadlines.add(self.started + self.settings.hello_timeout, self._hello_timed_out), self._hello_timed_out)
         self.factory.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -179,10 +183,13 @@ class ClientConnection(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
+    def _disarm(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            self.factory.deadlines.cancel(*timer)
+
     def connectionLost(self, reason: Failure) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self._disarm()
         if self.relay is not None:
             self.relay.client_lost(reason)
             return
@@ -200,14 +207,21 @@ class ClientConnection(Protocol):
     # -- routing and connecting
 
     def _route(self, hello: ClientHello, buffered: bytes) -> None:
-        self.timer.cancel()
-        self.timer = None
+        self._disarm()
         self.parser = None
         self.hello_at = self.clock.seconds()
         self.hello = hello
         self.buffered = buffered
         self.transport.pauseProducing()
-        d = self.pending = self.router.route(hello.server_name)
+        decided = self.router.decide(hello.server_name)
+        if not isinstance(decided, Deferred):
+            # A static or otherwise synchronous answer: no Deferred at all.
+            try:
+                self._routed(decided)
+            except Exception:
+                self._crashed(Failure())
+            return
+        d = self.pending = decided
         d.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, Outcome.ROUTING_FAILED))
         d.addErrback(self._crashed)
 
@@ -276,6 +290,7 @@ class ClientConnection(Protocol):
             self.settings.idle_timeout,
             self._relay_closed,
             pipes=self.factory.pipes if self.settings.splice else None,
+            deadlines=self.factory.deadlines,
         )
         backend.relay = relay
         self.relay = relay
@@ -397,15 +412,18 @@ class ClientConnection(Protocol):
                 reason=self.reason,
             )
         parser, self.parser = self.parser, None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        self._disarm()
         transport = self.transport
         if alert is not None:
             version = hello.record_version if hello is not None else (parser and parser.record_version)
             transport.write(alerts.alert_record(alert, version or 0x0301))
         transport.resumeProducing()
         transport.loseWriteConnection()
-        self.timer = self.clock.callLater(LINGER, transport.abortConnection)
+        self.timer = (self.factory.deadlines.add(self.clock.seconds() + LINGER, self._lingered), self._lingered)
+
+    def _lingered(self) -> None:
+        self.timer = None
+        self.transport.abortConnection()
 
 
 class ProxyFactory(Factory):
@@ -443,6 +461,8 @@ class ProxyFactory(Factory):
         if metrics is not None:
             self.record_observers.append(metrics.observe)
         self._sweeper: LoopingCall | None = None
+        # Every connection's hello, linger and idle deadlines, on one timer.
+        self.deadlines = Deadlines(self.clock)
         # The service's BackendBoard (balancing, health, app caps), if any.
         self.board = None
         self._limit_log = RefusalLog(log, self.clock)
@@ -610,6 +630,7 @@ class ProxyFactory(Factory):
     def stop(self) -> None:
         """The service is stopping: no timer of ours is left running, no pipe open."""
         self._stop_sweeping()
+        self.deadlines.stop()
         self.pipes.close()
 
     def drain(self, timeout: float) -> Deferred[None]:

@@ -81,3 +81,49 @@ class DecideTests(SynchronousTestCase):
         d = router.decide("a.test")
         self.assertIsInstance(d, Deferred)
         self.assertIs(self.successResultOf(d), FALLBACK)
+
+
+class ProxySynchronousRouteTests(SynchronousTestCase):
+    """The proxy takes a synchronous answer as it would the Deferred's."""
+
+    def harness(self):
+        from tests.test_connection import ROUTE, Harness, Source
+
+        class Now(Source):
+            def resolve_now(self, server_name):
+                self.asked.append(server_name)
+                return self.answers.get(server_name)
+
+        harness = Harness(self, Now({"shop.example.com": ROUTE}))
+        return harness
+
+    def test_relayed_without_resolve(self):
+        from tests.test_connection import HELLO
+
+        harness = self.harness()
+        connection, client, backend = harness.relayed()
+        self.assertEqual(harness.source.asked, ["shop.example.com"])  # once, by resolve_now
+        self.assertEqual(backend.value(), HELLO)
+        client.lose()
+        backend.lose()
+        [record] = harness.records
+        self.assertEqual((record.outcome.value, record.source), ("relayed", "static"))
+        self.assertIsNotNone(record.route_seconds)
+
+    def test_a_bug_after_a_synchronous_answer_is_an_internal_error(self):
+        from sniproxy import alerts
+        from tests.test_connection import HELLO, alert
+
+        harness = self.harness()
+
+        class Broken:
+            def admit(self, route, alpn):
+                raise RuntimeError("bug")
+
+        harness.factory.board = Broken()
+        connection, client = harness.accept()
+        connection.dataReceived(HELLO)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(client.disconnecting)
+        client.lose()
+        self.assertEqual(harness.records[0].outcome.value, "internal error")

@@ -19,12 +19,17 @@ start yet).
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from typing import Callable, Sequence
 
+from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IWriteDescriptor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sniproxy.interfaces import Address
 
@@ -56,6 +61,102 @@ class _Attempt(ClientFactory):
         self.race.lost(self, reason)
 
 
+    def stop(self) -> None:
+        self.connector.stopConnecting()
+
+
+# connect_ex's answers for a connect under way (or done at once).
+_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR})
+
+
+@implementer(IWriteDescriptor)
+class _RawAttempt:
+    """
+    One address's connection attempt as a bare non-blocking socket: a
+    C{connect_ex}, a write interest until the kernel has an answer, then
+    (on success) the socket handed to C{reactor.adoptStreamConnection}.
+    No Connector, no resolver Deferred, no timer of its own.
+    """
+
+    def __init__(self, race: _Race, address: Address, started: float) -> None:
+        self.race = race
+        self.address = address
+        self.started = started
+        self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.socket: socket.socket | None = None
+
+    def start(self) -> None:
+        reactor = self.race.reactor
+        try:
+            sock = self.socket = socket.socket(self.family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            code = sock.connect_ex((self.address.host, self.address.port))
+        except OSError as e:
+            code = e.errno or errno.EINVAL
+        if code in _IN_PROGRESS:
+            reactor.addWriter(self)
+        else:
+            # Refused at once (rare: an unroutable address): reported on the
+            # next turn of the reactor, as a Connector would.
+            self.race.clock.callLater(0, self._failed, code)
+
+    def fileno(self) -> int:
+        sock = self.socket
+        return -1 if sock is None else sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "sniproxy.connect"
+
+    def doWrite(self) -> None:
+        self.race.reactor.removeWriter(self)
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._failed(code)
+            return
+        sock, self.socket = self.socket, None
+        try:
+            # The reactor's transport gets a duplicate of the descriptor.
+            self.race.reactor.adoptStreamConnection(sock.fileno(), self.family, self)
+        finally:
+            sock.close()
+
+    def buildProtocol(self, addr):
+        """For C{adoptStreamConnection}: the race's protocol, or C{None} (lost the race)."""
+        return self.race.won(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor dropped our descriptor: a refused connect (epoll and poll
+        report a hang-up, not a write), the reactor shutting down, or
+        C{doWrite} failing.  The socket's own error names it when it has one.
+        """
+        sock, code = self.socket, 0
+        if sock is not None:
+            try:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError:
+                pass
+        self._close()
+        if code:
+            reason = Failure(error.getConnectError((code, os.strerror(code))))
+        self.race.lost(self, reason)
+
+    def _failed(self, code: int) -> None:
+        self._close()
+        self.race.lost(self, Failure(error.getConnectError((code, os.strerror(code)))))
+
+    def _close(self) -> None:
+        sock, self.socket = self.socket, None
+        if sock is not None:
+            sock.close()
+
+    def stop(self) -> None:
+        """Abandon this attempt (another won, or the connection went away)."""
+        if self.socket is not None:
+            self.race.reactor.removeWriter(self)
+            self._close()
+
+
 class _Race:
     """The state of one staggered connect."""
 
@@ -68,8 +169,10 @@ class _Race:
         timeout: float,
         stagger: float,
         health=None,
+        raw: bool = False,
     ) -> None:
         self.reactor = reactor
+        self.raw = raw
         self.health = health
         self.clock = clock
         self.addresses = list(addresses)
@@ -89,13 +192,18 @@ class _Race:
             return
         address = self.addresses[self.started]
         self.started += 1
-        attempt = _Attempt(self, address, self.clock.seconds())
-        self.pending.append(attempt)
-        remaining = max(self.deadline - self.clock.seconds(), 0.001)
-        # The connector's own timeout is a backstop; ours fires first.
-        attempt.connector = self.reactor.connectTCP(
-            address.host, address.port, attempt, timeout=remaining + 1
-        )
+        if self.raw:
+            attempt = _RawAttempt(self, address, self.clock.seconds())
+            self.pending.append(attempt)
+            attempt.start()
+        else:
+            attempt = _Attempt(self, address, self.clock.seconds())
+            self.pending.append(attempt)
+            remaining = max(self.deadline - self.clock.seconds(), 0.001)
+            # The connector's own timeout is a backstop; ours fires first.
+            attempt.connector = self.reactor.connectTCP(
+                address.host, address.port, attempt, timeout=remaining + 1
+            )
         if self.started < len(self.addresses) and self.stagger_call is None:
             self.stagger_call = self.clock.callLater(self.stagger, self.start_next)
 
@@ -174,7 +282,7 @@ class _Race:
         for attempt in pending:
             if report:
                 self.health.attempt_dropped(attempt.address)
-            attempt.connector.stopConnecting()
+            attempt.stop()
 
 
 def _why(reason: Failure) -> str:
@@ -195,6 +303,7 @@ def connect(
     timeout: float = 5.0,
     stagger: float = 0.25,
     health=None,
+    raw: bool = False,
 ) -> Deferred[Protocol]:
     """
     Connect to the first of C{addresses} that answers.
@@ -208,11 +317,15 @@ def connect(
         protocol gets an C{address} attribute: the L{Address} it reached.
     @param health: an observer of each attempt's fate (see the module
         docstring), or C{None}.
+    @param raw: connect with bare non-blocking sockets watched by
+        C{reactor.addWriter} and adopted by C{reactor.adoptStreamConnection}
+        (C{reactor} must provide C{IReactorFDSet} and C{IReactorSocket} and
+        really poll), instead of C{reactor.connectTCP}.
     @return: a L{Deferred} firing with the protocol once its
         C{connectionMade} has run, or failing with L{ConnectError} when every address
         failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
-    race = _Race(reactor, clock, addresses, build, timeout, stagger, health)
+    race = _Race(reactor, clock, addresses, build, timeout, stagger, health, raw)
     if addresses:
         race.start_next()
     else:

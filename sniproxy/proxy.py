@@ -22,6 +22,10 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
+try:
+    from twisted.internet.posixbase import PosixReactorBase
+except ImportError:  # pragma: no cover (not a POSIX platform)
+    PosixReactorBase = ()  # type: ignore[assignment,misc]
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -248,6 +252,7 @@ class ClientConnection(Protocol):
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
             health=board if route.app is not None else None,
+            raw=self.factory.raw_connect,
         )
         d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, Outcome.BACKEND_UNREACHABLE))
         d.addErrback(self._crashed)
@@ -455,6 +460,7 @@ class ProxyFactory(Factory):
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.metrics = metrics
+        self._raw_for: tuple[object, bool] | None = None
         self.record_observers: list[Callable[[ConnectionRecord], object]] = []
         if access_log is not None:
             self.record_observers.append(access_log.observe)
@@ -474,6 +480,23 @@ class ProxyFactory(Factory):
         self._drained: list[Deferred[None]] = []
         # Pipes for the splice pump, shared by every connection.
         self.pipes = PipePool()
+
+    @property
+    def raw_connect(self) -> bool:
+        """
+        Whether backend connects use bare sockets on the reactor's
+        descriptors (see L{sniproxy.connect}): on every reactor of
+        Twisted's POSIX family (epoll, poll, select, kqueue: their
+        C{IReactorFDSet} and C{IReactorSocket}); not on anything else (a
+        memory reactor, which records C{connectTCP} calls, a test's
+        wrapper of the real reactor, the Windows IOCP reactor), which gets
+        C{connectTCP}.  Worked out once per reactor object.
+        """
+        reactor = self.reactor
+        known = self._raw_for
+        if known is None or known[0] is not reactor:
+            known = self._raw_for = (reactor, isinstance(reactor, PosixReactorBase))
+        return known[1]
 
     def reconfigure(self, settings: ProxyConfig, router: Router) -> None:
         """New connections use C{settings} and C{router}; live ones keep theirs."""

@@ -170,9 +170,11 @@ class _Race:
         stagger: float,
         health=None,
         raw: bool = False,
+        deadlines=None,
     ) -> None:
         self.reactor = reactor
         self.raw = raw
+        self.deadlines = deadlines
         self.health = health
         self.clock = clock
         self.addresses = list(addresses)
@@ -184,7 +186,13 @@ class _Race:
         self.failures: list[str] = []
         self.result: Deferred[Protocol] = Deferred(self.cancel)
         self.stagger_call: IDelayedCall | None = None
-        self.timeout_call = clock.callLater(timeout, self.timed_out)
+        if deadlines is not None:
+            # On the factory's coarse deadlines (within 0.1 s), no timer of its own.
+            self.timeout_call = None
+            self.timeout_tick: int | None = deadlines.add(self.deadline, self.timed_out)
+        else:
+            self.timeout_call = clock.callLater(timeout, self.timed_out)
+            self.timeout_tick = None
 
     def start_next(self) -> None:
         self.stagger_call = None
@@ -251,6 +259,7 @@ class _Race:
 
     def timed_out(self) -> None:
         self.timeout_call = None
+        self.timeout_tick = None
         for attempt in self.pending:
             self.failures.append(f"{attempt.address}: timed out")
             if self.health is not None:
@@ -277,6 +286,9 @@ class _Race:
             if call is not None and call.active():
                 call.cancel()
         self.stagger_call = self.timeout_call = None
+        tick, self.timeout_tick = self.timeout_tick, None
+        if tick is not None:
+            self.deadlines.cancel(tick, self.timed_out)
         pending, self.pending = self.pending, []
         report = self.health is not None and not self.pending_reported
         for attempt in pending:
@@ -304,6 +316,7 @@ def connect(
     stagger: float = 0.25,
     health=None,
     raw: bool = False,
+    deadlines=None,
 ) -> Deferred[Protocol]:
     """
     Connect to the first of C{addresses} that answers.
@@ -321,11 +334,14 @@ def connect(
         C{reactor.addWriter} and adopted by C{reactor.adoptStreamConnection}
         (C{reactor} must provide C{IReactorFDSet} and C{IReactorSocket} and
         really poll), instead of C{reactor.connectTCP}.
+    @param deadlines: a L{sniproxy.deadlines.Deadlines} to keep the
+        C{timeout} on (to within its resolution) instead of a
+        C{DelayedCall} of its own, or C{None}.
     @return: a L{Deferred} firing with the protocol once its
         C{connectionMade} has run, or failing with L{ConnectError} when every address
         failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
-    race = _Race(reactor, clock, addresses, build, timeout, stagger, health, raw)
+    race = _Race(reactor, clock, addresses, build, timeout, stagger, health, raw, deadlines)
     if addresses:
         race.start_next()
     else:

@@ -253,6 +253,7 @@ class ClientConnection(Protocol):
             stagger=settings.connect_stagger,
             health=board if route.app is not None else None,
             raw=self.factory.raw_connect,
+            deadlines=self.factory.deadlines,
         )
         d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, Outcome.BACKEND_UNREACHABLE))
         d.addErrback(self._crashed)

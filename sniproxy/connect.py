@@ -69,6 +69,15 @@ class _Attempt(ClientFactory):
 _IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR})
 
 
+def _connected(sock: socket.socket) -> bool:
+    """Whether a connect under way has completed already (it has a peer)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
 @implementer(IWriteDescriptor)
 class _RawAttempt:
     """
@@ -94,7 +103,12 @@ class _RawAttempt:
         except OSError as e:
             code = e.errno or errno.EINVAL
         if code in _IN_PROGRESS:
-            reactor.addWriter(self)
+            if code == 0 or _connected(sock):
+                # Loopback and other near backends are connected by now:
+                # no write interest, no reactor turn to learn it.
+                self._adopt()
+            else:
+                reactor.addWriter(self)
         else:
             # Refused at once (rare: an unroutable address): reported on the
             # next turn of the reactor, as a Connector would.
@@ -113,6 +127,10 @@ class _RawAttempt:
         if code:
             self._failed(code)
             return
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Connected: the socket becomes a reactor transport for the race's protocol."""
         sock, self.socket = self.socket, None
         try:
             # The reactor's transport gets a duplicate of the descriptor.
@@ -204,6 +222,8 @@ class _Race:
             attempt = _RawAttempt(self, address, self.clock.seconds())
             self.pending.append(attempt)
             attempt.start()
+            if self.result.called:
+                return  # connected at once (or the race is over): no stagger
         else:
             attempt = _Attempt(self, address, self.clock.seconds())
             self.pending.append(attempt)

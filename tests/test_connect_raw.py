@@ -11,7 +11,7 @@ import os
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
@@ -102,13 +102,63 @@ class RawConnectTests(TestCase):
         self.assertEqual(health.events, [("failed", refused, "refused"), ("won", self.address)])
         protocol.transport.loseConnection()
 
+    def black_hole(self) -> Address:
+        """
+        A loopback address whose connects stay under way: a listener with
+        a full backlog (the kernel drops further SYNs) that never accepts.
+        """
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        self.addCleanup(listener.close)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            self.addCleanup(filler.close)
+        return Address("127.0.0.1", listener.getsockname()[1])
+
+    def test_connected_at_once_on_loopback(self):
+        """A loopback connect is complete before the reactor turns: the protocol is there at once."""
+        d = self.start([self.address])
+        protocol = self.successResultOf(d)
+        self.assertEqual(protocol.address, self.address)
+        self.assertNotIn(True, [getattr(w, "race", None) is not None for w in reactor.getWriters()])
+        protocol.transport.loseConnection()
+
     @inlineCallbacks
     def test_cancel_leaves_no_descriptor(self):
+        hole = self.black_hole()
         before = open_fds()
-        d = self.start([self.address])
+        health = Health()
+        d = self.start([hole], health=health)
+        self.assertNoResult(d)
+        self.assertIn(True, [getattr(w, "race", None) is not None for w in reactor.getWriters()])
         d.cancel()
-        yield self.assertFailure(d, Exception)
+        yield self.assertFailure(d, CancelledError)
         self.assertEqual(open_fds(), before)
+        self.assertNotIn(True, [getattr(w, "race", None) is not None for w in reactor.getWriters()])
+        self.assertEqual(health.events, [("dropped", hole)])
+
+    @inlineCallbacks
+    def test_timeout_and_stagger_on_a_black_hole(self):
+        hole = self.black_hole()
+        health = Health()
+        protocol = yield self.start([hole, self.address], stagger=0.05, health=health)
+        self.assertEqual(protocol.address, self.address)
+        # The black-holed instance had its full head start: a failure to the board.
+        self.assertEqual(health.events[0][:2], ("won", self.address))
+        self.assertEqual(health.events[1][:2], ("failed", hole))
+        protocol.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_timeout_on_a_black_hole(self):
+        hole = self.black_hole()
+        d = self.start([hole], timeout=0.2)
+        [attempt] = [w for w in reactor.getWriters() if getattr(w, "race", None) is not None]
+        error = yield self.assertFailure(d, ConnectError)
+        self.assertEqual(str(error), f"{hole}: timed out")
+        self.assertIsNone(attempt.socket)  # closed
         self.assertNotIn(True, [getattr(w, "race", None) is not None for w in reactor.getWriters()])
 
     @inlineCallbacks

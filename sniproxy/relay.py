@@ -253,6 +253,8 @@ class Relay:
         if self.close_reason is None:
             self.backend.unregisterProducer()
             self.backend.loseWriteConnection()
+            if self.pump is not None:
+                self.pump.write_closed(self.backend)
             if self._backend_eof:
                 self.close("done")
 
@@ -262,6 +264,8 @@ class Relay:
         if self.close_reason is None:
             self.client.unregisterProducer()
             self.client.loseWriteConnection()
+            if self.pump is not None:
+                self.pump.write_closed(self.client)
             if self._client_eof:
                 self.close("done")
 

@@ -291,6 +291,20 @@ class SplicePump:
             return "client"
         return ""
 
+    def write_closed(self, dst) -> None:
+        """
+        C{dst.loseWriteConnection()} was just called: complete it now, when
+        nothing of ours is in flight to C{dst}, instead of a reactor turn
+        later on its write event.  The class's C{doWrite} with an empty
+        buffer does exactly what that event would (the adapter's third
+        point); if it fails, the write interest it leaves registered makes
+        the reactor meet (and report) the same failure.
+        """
+        direction = self.up if dst is self.backend else self.down
+        if direction.pending or direction.broken or dst.disconnecting or not dst.connected:
+            return
+        dst.doWrite()
+
     def close(self) -> None:
         """Give the pipes back and the transports their own methods (both connections are gone)."""
         self.up.close()

@@ -151,8 +151,9 @@ class Relay:
         self._client_lost = False
         self._backend_lost = False
         self._reported = False
-        self._client_valve = _Valve(client)
-        self._backend_valve = _Valve(backend)
+        # Made by start() for the portable pump only (the splice pump has its own flow control).
+        self._client_valve: _Valve | None = None
+        self._backend_valve: _Valve | None = None
         # The one pending deadline: (bucket, callable), or None.
         self._deadline: tuple[int, Callable[[], None]] | None = None
         self._deadlines = deadlines if deadlines is not None else Deadlines(clock)
@@ -164,6 +165,8 @@ class Relay:
         """How often (client reads, backend reads) were paused by the other side's full buffer."""
         if self.pump is not None:
             return self.pump.stalls
+        if self._client_valve is None:
+            return 0, 0
         return self._client_valve.pauses, self._backend_valve.pauses
 
     @property
@@ -174,6 +177,8 @@ class Relay:
         """
         if self.pump is not None:
             return self.pump.stalled
+        if self._client_valve is None:
+            return ""
         if self._client_valve.paused:
             return "backend"
         if self._backend_valve.paused:
@@ -199,6 +204,8 @@ class Relay:
                 self.client, self.backend, self._pipes, self._moved_up, self._moved_down, self._progressed
             )
         else:
+            self._client_valve = _Valve(self.client)
+            self._backend_valve = _Valve(self.backend)
             self.backend.registerProducer(self._client_valve, True)
             self.client.registerProducer(self._backend_valve, True)
         self.client.resumeProducing()
@@ -276,7 +283,7 @@ class Relay:
     def backend_lost(self, reason: Failure) -> None:
         self._backend_lost = True
         # ConnectionLost (not ConnectionDone): a reset, or a write refused.
-        self.close("backend reset" if reason.check(ConnectionLost) else "backend closed")
+        self.close("backend reset" if isinstance(reason.value, ConnectionLost) else "backend closed")
 
     def close(self, reason: str) -> None:
         """

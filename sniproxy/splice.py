@@ -62,7 +62,10 @@ def available(*transports) -> bool:
     """Whether splice can pump between these transports (Linux, plain TCP)."""
     if not hasattr(os, "splice"):
         return False
-    return all(hasattr(t, "socket") and hasattr(t, "doRead") and hasattr(t, "doWrite") for t in transports)
+    for t in transports:
+        if not (hasattr(t, "socket") and hasattr(t, "doRead") and hasattr(t, "doWrite")):
+            return False
+    return True
 
 
 def _take_over(transport, do_read: Callable[[], object], do_write: Callable[[], object]) -> Callable[[], object]:
@@ -184,7 +187,8 @@ class _Direction:
             return main.CONNECTION_DONE if n == 0 else None
         self.pending = n
         self.moved(n)
-        self._flush()
+        # (moved() counted as progress already: no second report per chunk.)
+        self._flush(False)
         return None
 
     def writable(self):
@@ -201,7 +205,7 @@ class _Direction:
         # buffer, stops writing, or completes a close or half-close.
         return self._dst_do_write()
 
-    def _flush(self) -> None:
+    def _flush(self, report: bool = True) -> None:
         if not self.dst.connected:
             self._discard()
             return
@@ -219,7 +223,9 @@ class _Direction:
                 self.dst.startWriting()
                 return
             self.pending -= sent
-            self.progressed()
+            if report:
+                self.progressed()
+            report = True
         self._release()
         if self.waiting:
             self.waiting = False

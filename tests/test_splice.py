@@ -140,7 +140,9 @@ class SplicePumpTests(SynchronousTestCase):
         received += self.drain(self.backend_peer)
         self.assertEqual(bytes(received), bytes(sent))
         self.assertTrue(self.client.reading)
-        self.assertGreater(self.moved["progress"], 1)
+        # Draining the pipe after the wait counted as progress (a read that
+        # is flushed at once counts through moved() alone).
+        self.assertGreaterEqual(self.moved["progress"], 1)
 
     def test_gone_destination_is_never_written(self):
         """

@@ -93,6 +93,8 @@ class ClientConnection(Protocol):
     # Bytes of an inbound PROXY header so far; None when none is expected.
     inbound: bytes | None = None
     proxied: ProxyHeader | None = None
+    # The peer address buildProtocol was given, if it built this connection.
+    peer_address = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -121,7 +123,11 @@ class ClientConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         transport.setTcpNoDelay(True)
-        peer = transport.getPeer()
+        # The address the factory was given at accept (the same the
+        # transport reports): one address object per connection, not two.
+        peer = self.peer_address
+        if peer is None:
+            peer = transport.getPeer()
         self.client = _peer(peer)
         self.client_ip = getattr(peer, "host", "")
         if self.factory.trusts_proxy_header(peer):
@@ -579,6 +585,7 @@ class ProxyFactory(Factory):
         self._per_client[host] = per_client + 1
         connection = ClientConnection(self)
         connection.address_key = host
+        connection.peer_address = addr
         return connection
 
     def _over_limit(self, host: str, addr, reason: str) -> None:

@@ -170,10 +170,14 @@ class _Direction:
             return None
         pipe = self.pipe
         if pipe is None:
-            try:
-                pipe = self.pipe = self.pool.take()
-            except OSError:
-                return main.CONNECTION_LOST
+            idle = self.pool._idle
+            if idle:
+                pipe = self.pipe = idle.pop()  # (PipePool.take, inline: once per read)
+            else:
+                try:
+                    pipe = self.pipe = self.pool.take()
+                except OSError:
+                    return main.CONNECTION_LOST
         try:
             n = os.splice(self.src.fileno(), pipe.write, pipe.size, flags=_FLAGS)
         except BlockingIOError:
@@ -181,7 +185,9 @@ class _Direction:
         except OSError:
             return main.CONNECTION_LOST
         if n <= 0:
-            self._release()
+            # Nothing was read: the (empty) pipe goes back at once.
+            self.pipe = None
+            self._give(pipe)
             # EOF with nothing left in the pipe: Twisted's own path, which
             # gives a half-closeable protocol its readConnectionLost.
             return main.CONNECTION_DONE if n == 0 else None
@@ -226,7 +232,8 @@ class _Direction:
             if report:
                 self.progressed()
             report = True
-        self._release()
+        pipe, self.pipe = self.pipe, None
+        self._give(pipe)
         if self.waiting:
             self.waiting = False
             if self.src.connected and not self.src.disconnecting:
@@ -238,6 +245,15 @@ class _Direction:
             self.stalls += 1
             self.src.stopReading()
             self.dst.startWriting()
+
+    def _give(self, pipe: _Pipe) -> None:
+        """Give an empty C{pipe} back to the pool (L{PipePool.give}, inline)."""
+        pool = self.pool
+        idle = pool._idle
+        if len(idle) < pool.keep:
+            idle.append(pipe)
+        else:
+            pipe.close()
 
     def _release(self) -> None:
         if self.pipe is not None and not self.pending:

@@ -19,12 +19,17 @@ start yet).
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from typing import Callable, Sequence
 
+from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IWriteDescriptor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sniproxy.interfaces import Address
 
@@ -56,6 +61,120 @@ class _Attempt(ClientFactory):
         self.race.lost(self, reason)
 
 
+    def stop(self) -> None:
+        self.connector.stopConnecting()
+
+
+# connect_ex's answers for a connect under way (or done at once).
+_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR})
+
+
+def _connected(sock: socket.socket) -> bool:
+    """Whether a connect under way has completed already (it has a peer)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+@implementer(IWriteDescriptor)
+class _RawAttempt:
+    """
+    One address's connection attempt as a bare non-blocking socket: a
+    C{connect_ex}, a write interest until the kernel has an answer, then
+    (on success) the socket handed to C{reactor.adoptStreamConnection}.
+    No Connector, no resolver Deferred, no timer of its own.
+    """
+
+    def __init__(self, race: _Race, address: Address, started: float) -> None:
+        self.race = race
+        self.address = address
+        self.started = started
+        self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.socket: socket.socket | None = None
+
+    def start(self) -> None:
+        reactor = self.race.reactor
+        try:
+            sock = self.socket = socket.socket(self.family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            code = sock.connect_ex((self.address.host, self.address.port))
+        except OSError as e:
+            code = e.errno or errno.EINVAL
+        if code in _IN_PROGRESS:
+            if code == 0 or _connected(sock):
+                # Loopback and other near backends are connected by now:
+                # no write interest, no reactor turn to learn it.
+                self._adopt()
+            else:
+                reactor.addWriter(self)
+        else:
+            # Refused at once (rare: an unroutable address): reported on the
+            # next turn of the reactor, as a Connector would.
+            self.race.clock.callLater(0, self._failed, code)
+
+    def fileno(self) -> int:
+        sock = self.socket
+        return -1 if sock is None else sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "sniproxy.connect"
+
+    def doWrite(self) -> None:
+        self.race.reactor.removeWriter(self)
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._failed(code)
+            return
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Connected: the socket becomes a reactor transport for the race's protocol."""
+        sock, self.socket = self.socket, None
+        try:
+            # The reactor's transport gets a duplicate of the descriptor.
+            self.race.reactor.adoptStreamConnection(sock.fileno(), self.family, self)
+        finally:
+            sock.close()
+
+    def buildProtocol(self, addr):
+        """For C{adoptStreamConnection}: the race's protocol, or C{None} (lost the race)."""
+        return self.race.won(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor dropped our descriptor: a refused connect (epoll and poll
+        report a hang-up, not a write), the reactor shutting down, or
+        C{doWrite} failing.  The socket's own error names it when it has one.
+        """
+        sock, code = self.socket, 0
+        if sock is not None:
+            try:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError:
+                pass
+        self._close()
+        if code:
+            reason = Failure(error.getConnectError((code, os.strerror(code))))
+        self.race.lost(self, reason)
+
+    def _failed(self, code: int) -> None:
+        self._close()
+        self.race.lost(self, Failure(error.getConnectError((code, os.strerror(code)))))
+
+    def _close(self) -> None:
+        sock, self.socket = self.socket, None
+        if sock is not None:
+            sock.close()
+
+    def stop(self) -> None:
+        """Abandon this attempt (another won, or the connection went away)."""
+        if self.socket is not None:
+            self.race.reactor.removeWriter(self)
+            self._close()
+
+
 class _Race:
     """The state of one staggered connect."""
 
@@ -68,8 +187,12 @@ class _Race:
         timeout: float,
         stagger: float,
         health=None,
+        raw: bool = False,
+        deadlines=None,
     ) -> None:
         self.reactor = reactor
+        self.raw = raw
+        self.deadlines = deadlines
         self.health = health
         self.clock = clock
         self.addresses = list(addresses)
@@ -81,7 +204,13 @@ class _Race:
         self.failures: list[str] = []
         self.result: Deferred[Protocol] = Deferred(self.cancel)
         self.stagger_call: IDelayedCall | None = None
-        self.timeout_call = clock.callLater(timeout, self.timed_out)
+        if deadlines is not None:
+            # On the factory's coarse deadlines (within 0.1 s), no timer of its own.
+            self.timeout_call = None
+            self.timeout_tick: int | None = deadlines.add(self.deadline, self.timed_out)
+        else:
+            self.timeout_call = clock.callLater(timeout, self.timed_out)
+            self.timeout_tick = None
 
     def start_next(self) -> None:
         self.stagger_call = None
@@ -89,13 +218,20 @@ class _Race:
             return
         address = self.addresses[self.started]
         self.started += 1
-        attempt = _Attempt(self, address, self.clock.seconds())
-        self.pending.append(attempt)
-        remaining = max(self.deadline - self.clock.seconds(), 0.001)
-        # The connector's own timeout is a backstop; ours fires first.
-        attempt.connector = self.reactor.connectTCP(
-            address.host, address.port, attempt, timeout=remaining + 1
-        )
+        if self.raw:
+            attempt = _RawAttempt(self, address, self.clock.seconds())
+            self.pending.append(attempt)
+            attempt.start()
+            if self.result.called:
+                return  # connected at once (or the race is over): no stagger
+        else:
+            attempt = _Attempt(self, address, self.clock.seconds())
+            self.pending.append(attempt)
+            remaining = max(self.deadline - self.clock.seconds(), 0.001)
+            # The connector's own timeout is a backstop; ours fires first.
+            attempt.connector = self.reactor.connectTCP(
+                address.host, address.port, attempt, timeout=remaining + 1
+            )
         if self.started < len(self.addresses) and self.stagger_call is None:
             self.stagger_call = self.clock.callLater(self.stagger, self.start_next)
 
@@ -143,6 +279,7 @@ class _Race:
 
     def timed_out(self) -> None:
         self.timeout_call = None
+        self.timeout_tick = None
         for attempt in self.pending:
             self.failures.append(f"{attempt.address}: timed out")
             if self.health is not None:
@@ -169,12 +306,15 @@ class _Race:
             if call is not None and call.active():
                 call.cancel()
         self.stagger_call = self.timeout_call = None
+        tick, self.timeout_tick = self.timeout_tick, None
+        if tick is not None:
+            self.deadlines.cancel(tick, self.timed_out)
         pending, self.pending = self.pending, []
         report = self.health is not None and not self.pending_reported
         for attempt in pending:
             if report:
                 self.health.attempt_dropped(attempt.address)
-            attempt.connector.stopConnecting()
+            attempt.stop()
 
 
 def _why(reason: Failure) -> str:
@@ -195,6 +335,8 @@ def connect(
     timeout: float = 5.0,
     stagger: float = 0.25,
     health=None,
+    raw: bool = False,
+    deadlines=None,
 ) -> Deferred[Protocol]:
     """
     Connect to the first of C{addresses} that answers.
@@ -208,11 +350,18 @@ def connect(
         protocol gets an C{address} attribute: the L{Address} it reached.
     @param health: an observer of each attempt's fate (see the module
         docstring), or C{None}.
+    @param raw: connect with bare non-blocking sockets watched by
+        C{reactor.addWriter} and adopted by C{reactor.adoptStreamConnection}
+        (C{reactor} must provide C{IReactorFDSet} and C{IReactorSocket} and
+        really poll), instead of C{reactor.connectTCP}.
+    @param deadlines: a L{sniproxy.deadlines.Deadlines} to keep the
+        C{timeout} on (to within its resolution) instead of a
+        C{DelayedCall} of its own, or C{None}.
     @return: a L{Deferred} firing with the protocol once its
         C{connectionMade} has run, or failing with L{ConnectError} when every address
         failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
-    race = _Race(reactor, clock, addresses, build, timeout, stagger, health)
+    race = _Race(reactor, clock, addresses, build, timeout, stagger, health, raw, deadlines)
     if addresses:
         race.start_next()
     else:

@@ -19,9 +19,13 @@ import ipaddress
 from typing import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
+try:
+    from twisted.internet.posixbase import PosixReactorBase
+except ImportError:  # pragma: no cover (not a POSIX platform)
+    PosixReactorBase = ()  # type: ignore[assignment,misc]
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,6 +36,7 @@ from sniproxy.clientnets import ClientNetworks, RefusalLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig
 from sniproxy.connect import ConnectError, connect
+from sniproxy.deadlines import Deadlines
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxyprotocol import ProxyHeader, ProxyHeaderError, parse_proxy_header
@@ -45,7 +50,8 @@ __all__ = ["ClientConnection", "ProxyFactory"]
 log = Logger()
 
 # After a rejection the alert is written and our side half-closed; the
-# client gets this long to read it and close before we drop the connection.
+# client gets this long (within the 0.1 s of the factory's deadlines) to
+# read it and close before we drop the connection.
 # Reading (and discarding) meanwhile keeps the kernel from answering the
 # client's unread bytes with a reset that could destroy the alert.
 LINGER = 2.0
@@ -87,6 +93,8 @@ class ClientConnection(Protocol):
     # Bytes of an inbound PROXY header so far; None when none is expected.
     inbound: bytes | None = None
     proxied: ProxyHeader | None = None
+    # The peer address buildProtocol was given, if it built this connection.
+    peer_address = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -97,7 +105,9 @@ class ClientConnection(Protocol):
         self.clock = factory.clock
         self.parser: ClientHelloParser | None = ClientHelloParser(self.settings.max_hello_bytes)
         self.pending: Deferred | None = None
-        self.timer: IDelayedCall | None = None
+        # The one pending deadline (hello timeout, or the linger after a
+        # rejection) on the factory's Deadlines: (bucket, callable).
+        self.timer: tuple[int, Callable[[], object]] | None = None
         self.started = self.clock.seconds()
         self.hello_at: float | None = None
         self.routed_at: float | None = None
@@ -113,12 +123,16 @@ class ClientConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         transport.setTcpNoDelay(True)
-        peer = transport.getPeer()
+        # The address the factory was given at accept (the same the
+        # transport reports): one address object per connection, not two.
+        peer = self.peer_address
+        if peer is None:
+            peer = transport.getPeer()
         self.client = _peer(peer)
         self.client_ip = getattr(peer, "host", "")
         if self.factory.trusts_proxy_header(peer):
             self.inbound = b""
-        self.timer = self.clock.callLater(self.settings.hello_timeout, self._hello_timed_out)
+        self.timer = (self.factory.deadlines.add(self.started + self.settings.hello_timeout, self._hello_timed_out), self._hello_timed_out)
         self.factory.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -179,10 +193,13 @@ class ClientConnection(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
+    def _disarm(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            self.factory.deadlines.cancel(*timer)
+
     def connectionLost(self, reason: Failure) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self._disarm()
         if self.relay is not None:
             self.relay.client_lost(reason)
             return
@@ -200,14 +217,21 @@ class ClientConnection(Protocol):
     # -- routing and connecting
 
     def _route(self, hello: ClientHello, buffered: bytes) -> None:
-        self.timer.cancel()
-        self.timer = None
+        self._disarm()
         self.parser = None
         self.hello_at = self.clock.seconds()
         self.hello = hello
         self.buffered = buffered
         self.transport.pauseProducing()
-        d = self.pending = self.router.route(hello.server_name)
+        decided = self.router.decide(hello.server_name)
+        if not isinstance(decided, Deferred):
+            # A static or otherwise synchronous answer: no Deferred at all.
+            try:
+                self._routed(decided)
+            except Exception:
+                self._crashed(Failure())
+            return
+        d = self.pending = decided
         d.addCallbacks(self._routed, self._failed, errbackArgs=(RoutingError, Outcome.ROUTING_FAILED))
         d.addErrback(self._crashed)
 
@@ -234,6 +258,8 @@ class ClientConnection(Protocol):
             timeout=settings.connect_timeout,
             stagger=settings.connect_stagger,
             health=board if route.app is not None else None,
+            raw=self.factory.raw_connect,
+            deadlines=self.factory.deadlines,
         )
         d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, Outcome.BACKEND_UNREACHABLE))
         d.addErrback(self._crashed)
@@ -276,6 +302,7 @@ class ClientConnection(Protocol):
             self.settings.idle_timeout,
             self._relay_closed,
             pipes=self.factory.pipes if self.settings.splice else None,
+            deadlines=self.factory.deadlines,
         )
         backend.relay = relay
         self.relay = relay
@@ -397,15 +424,18 @@ class ClientConnection(Protocol):
                 reason=self.reason,
             )
         parser, self.parser = self.parser, None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        self._disarm()
         transport = self.transport
         if alert is not None:
             version = hello.record_version if hello is not None else (parser and parser.record_version)
             transport.write(alerts.alert_record(alert, version or 0x0301))
         transport.resumeProducing()
         transport.loseWriteConnection()
-        self.timer = self.clock.callLater(LINGER, transport.abortConnection)
+        self.timer = (self.factory.deadlines.add(self.clock.seconds() + LINGER, self._lingered), self._lingered)
+
+    def _lingered(self) -> None:
+        self.timer = None
+        self.transport.abortConnection()
 
 
 class ProxyFactory(Factory):
@@ -437,12 +467,15 @@ class ProxyFactory(Factory):
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.metrics = metrics
+        self._raw_for: tuple[object, bool] | None = None
         self.record_observers: list[Callable[[ConnectionRecord], object]] = []
         if access_log is not None:
             self.record_observers.append(access_log.observe)
         if metrics is not None:
             self.record_observers.append(metrics.observe)
         self._sweeper: LoopingCall | None = None
+        # Every connection's hello, linger and idle deadlines, on one timer.
+        self.deadlines = Deadlines(self.clock)
         # The service's BackendBoard (balancing, health, app caps), if any.
         self.board = None
         self._limit_log = RefusalLog(log, self.clock)
@@ -454,6 +487,23 @@ class ProxyFactory(Factory):
         self._drained: list[Deferred[None]] = []
         # Pipes for the splice pump, shared by every connection.
         self.pipes = PipePool()
+
+    @property
+    def raw_connect(self) -> bool:
+        """
+        Whether backend connects use bare sockets on the reactor's
+        descriptors (see L{sniproxy.connect}): on every reactor of
+        Twisted's POSIX family (epoll, poll, select, kqueue: their
+        C{IReactorFDSet} and C{IReactorSocket}); not on anything else (a
+        memory reactor, which records C{connectTCP} calls, a test's
+        wrapper of the real reactor, the Windows IOCP reactor), which gets
+        C{connectTCP}.  Worked out once per reactor object.
+        """
+        reactor = self.reactor
+        known = self._raw_for
+        if known is None or known[0] is not reactor:
+            known = self._raw_for = (reactor, isinstance(reactor, PosixReactorBase))
+        return known[1]
 
     def reconfigure(self, settings: ProxyConfig, router: Router) -> None:
         """New connections use C{settings} and C{router}; live ones keep theirs."""
@@ -535,6 +585,7 @@ class ProxyFactory(Factory):
         self._per_client[host] = per_client + 1
         connection = ClientConnection(self)
         connection.address_key = host
+        connection.peer_address = addr
         return connection
 
     def _over_limit(self, host: str, addr, reason: str) -> None:
@@ -610,6 +661,7 @@ class ProxyFactory(Factory):
     def stop(self) -> None:
         """The service is stopping: no timer of ours is left running, no pipe open."""
         self._stop_sweeping()
+        self.deadlines.stop()
         self.pipes.close()
 
     def drain(self, timeout: float) -> Deferred[None]:

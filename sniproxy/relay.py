@@ -7,7 +7,8 @@ side's send buffer passes its C{bufferSize} the other side stops reading
 until it drains: a slow reader can never make the proxy buffer without
 bound.  A half-close (EOF one way) is passed on as a half-close, and the
 pair is closed once both directions are done, or when neither side has sent
-anything for C{idle_timeout} seconds.
+anything for C{idle_timeout} seconds (checked on the factory's coarse
+L{Deadlines}: within a tenth of a second of it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Callable
 
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sniproxy import splice
+from sniproxy.deadlines import Deadlines
 from sniproxy.splice import PipePool, SplicePump
 
 __all__ = ["BackendConnection", "Relay"]
@@ -134,6 +135,7 @@ class Relay:
         idle_timeout: float,
         closed: Callable[[Relay], None],
         pipes: PipePool | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -149,9 +151,12 @@ class Relay:
         self._client_lost = False
         self._backend_lost = False
         self._reported = False
-        self._client_valve = _Valve(client)
-        self._backend_valve = _Valve(backend)
-        self._idle_call: IDelayedCall | None = None
+        # Made by start() for the portable pump only (the splice pump has its own flow control).
+        self._client_valve: _Valve | None = None
+        self._backend_valve: _Valve | None = None
+        # The one pending deadline: (bucket, callable), or None.
+        self._deadline: tuple[int, Callable[[], None]] | None = None
+        self._deadlines = deadlines if deadlines is not None else Deadlines(clock)
         self._pipes = pipes
         self.pump: SplicePump | None = None
 
@@ -160,6 +165,8 @@ class Relay:
         """How often (client reads, backend reads) were paused by the other side's full buffer."""
         if self.pump is not None:
             return self.pump.stalls
+        if self._client_valve is None:
+            return 0, 0
         return self._client_valve.pauses, self._backend_valve.pauses
 
     @property
@@ -170,6 +177,8 @@ class Relay:
         """
         if self.pump is not None:
             return self.pump.stalled
+        if self._client_valve is None:
+            return ""
         if self._client_valve.paused:
             return "backend"
         if self._backend_valve.paused:
@@ -195,10 +204,22 @@ class Relay:
                 self.client, self.backend, self._pipes, self._moved_up, self._moved_down, self._progressed
             )
         else:
+            self._client_valve = _Valve(self.client)
+            self._backend_valve = _Valve(self.backend)
             self.backend.registerProducer(self._client_valve, True)
             self.client.registerProducer(self._backend_valve, True)
         self.client.resumeProducing()
-        self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
+        self._arm(self.last_activity + self.idle_timeout, self._idle_check)
+
+    def _arm(self, when: float, expired: Callable[[], None]) -> None:
+        """Make C{expired} at C{when} the one pending deadline of this relay."""
+        self._disarm()
+        self._deadline = (self._deadlines.add(when, expired), expired)
+
+    def _disarm(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None:
+            self._deadlines.cancel(*deadline)
 
     def _sent_at_once(self, data: bytes) -> bool:
         """
@@ -239,6 +260,8 @@ class Relay:
         if self.close_reason is None:
             self.backend.unregisterProducer()
             self.backend.loseWriteConnection()
+            if self.pump is not None:
+                self.pump.write_closed(self.backend)
             if self._backend_eof:
                 self.close("done")
 
@@ -248,6 +271,8 @@ class Relay:
         if self.close_reason is None:
             self.client.unregisterProducer()
             self.client.loseWriteConnection()
+            if self.pump is not None:
+                self.pump.write_closed(self.client)
             if self._client_eof:
                 self.close("done")
 
@@ -258,7 +283,7 @@ class Relay:
     def backend_lost(self, reason: Failure) -> None:
         self._backend_lost = True
         # ConnectionLost (not ConnectionDone): a reset, or a write refused.
-        self.close("backend reset" if reason.check(ConnectionLost) else "backend closed")
+        self.close("backend reset" if isinstance(reason.value, ConnectionLost) else "backend closed")
 
     def close(self, reason: str) -> None:
         """
@@ -267,11 +292,9 @@ class Relay:
         """
         if self.close_reason is None:
             self.close_reason = reason
-            if self._idle_call is not None and self._idle_call.active():
-                self._idle_call.cancel()
             # Closing flushes what each side has buffered; a peer that never
             # reads must not keep the pair open for ever.
-            self._idle_call = self.clock.callLater(self.idle_timeout, self.abort, reason)
+            self._arm(self.clock.seconds() + self.idle_timeout, self._flush_timed_out)
             # A paused producer would keep loseConnection waiting for ever.
             for transport in (self.client, self.backend):
                 if transport.producer is not None:
@@ -279,9 +302,7 @@ class Relay:
                 transport.loseConnection()
         if self._client_lost and self._backend_lost and not self._reported:
             self._reported = True
-            if self._idle_call is not None and self._idle_call.active():
-                self._idle_call.cancel()
-            self._idle_call = None
+            self._disarm()
             if self.pump is not None:
                 self.pump.close()
             self._closed(self)
@@ -292,11 +313,14 @@ class Relay:
         self.client.abortConnection()
         self.backend.abortConnection()
 
+    def _flush_timed_out(self) -> None:
+        self._deadline = None
+        self.abort(self.close_reason)
+
     def _idle_check(self) -> None:
+        self._deadline = None
         idle_until = self.last_activity + self.idle_timeout
-        now = self.clock.seconds()
-        if now >= idle_until:
-            self._idle_call = None
+        if self.clock.seconds() >= idle_until:
             self.abort("idle timeout")
         else:
-            self._idle_call = self.clock.callLater(idle_until - now, self._idle_check)
+            self._arm(idle_until, self._idle_check)

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from sniproxy.deferreds import PENDING
 from sniproxy.interfaces import IResolver, Route, RoutingError
 
 __all__ = ["Router"]
@@ -39,6 +40,24 @@ class Router:
         self.fallback = fallback
         self.max_pending_per_name = max_pending_per_name
         self.pending: dict[str, int] = {}
+        self._now = getattr(source, "resolve_now", None)
+
+    def decide(self, server_name: str | None) -> Route | None | Deferred[Route | None]:
+        """
+        Like L{route}, but without a L{Deferred} when the source answers
+        synchronously (C{resolve_now}: static IP-literal routes, a name
+        nothing matches): then the L{Route} (or C{None}) itself.
+
+        @return: a L{Route}, C{None}, or the L{Deferred} of L{route}.
+        """
+        if server_name is None:
+            return self.fallback
+        now = self._now
+        if now is not None:
+            route = now(server_name)
+            if route is not PENDING:
+                return self.fallback if route is None else route
+        return self.route(server_name)
 
     def route(self, server_name: str | None) -> Deferred[Route | None]:
         """

@@ -62,7 +62,10 @@ def available(*transports) -> bool:
     """Whether splice can pump between these transports (Linux, plain TCP)."""
     if not hasattr(os, "splice"):
         return False
-    return all(hasattr(t, "socket") and hasattr(t, "doRead") and hasattr(t, "doWrite") for t in transports)
+    for t in transports:
+        if not (hasattr(t, "socket") and hasattr(t, "doRead") and hasattr(t, "doWrite")):
+            return False
+    return True
 
 
 def _take_over(transport, do_read: Callable[[], object], do_write: Callable[[], object]) -> Callable[[], object]:
@@ -167,10 +170,14 @@ class _Direction:
             return None
         pipe = self.pipe
         if pipe is None:
-            try:
-                pipe = self.pipe = self.pool.take()
-            except OSError:
-                return main.CONNECTION_LOST
+            idle = self.pool._idle
+            if idle:
+                pipe = self.pipe = idle.pop()  # (PipePool.take, inline: once per read)
+            else:
+                try:
+                    pipe = self.pipe = self.pool.take()
+                except OSError:
+                    return main.CONNECTION_LOST
         try:
             n = os.splice(self.src.fileno(), pipe.write, pipe.size, flags=_FLAGS)
         except BlockingIOError:
@@ -178,13 +185,16 @@ class _Direction:
         except OSError:
             return main.CONNECTION_LOST
         if n <= 0:
-            self._release()
+            # Nothing was read: the (empty) pipe goes back at once.
+            self.pipe = None
+            self._give(pipe)
             # EOF with nothing left in the pipe: Twisted's own path, which
             # gives a half-closeable protocol its readConnectionLost.
             return main.CONNECTION_DONE if n == 0 else None
         self.pending = n
         self.moved(n)
-        self._flush()
+        # (moved() counted as progress already: no second report per chunk.)
+        self._flush(False)
         return None
 
     def writable(self):
@@ -201,7 +211,7 @@ class _Direction:
         # buffer, stops writing, or completes a close or half-close.
         return self._dst_do_write()
 
-    def _flush(self) -> None:
+    def _flush(self, report: bool = True) -> None:
         if not self.dst.connected:
             self._discard()
             return
@@ -219,8 +229,11 @@ class _Direction:
                 self.dst.startWriting()
                 return
             self.pending -= sent
-            self.progressed()
-        self._release()
+            if report:
+                self.progressed()
+            report = True
+        pipe, self.pipe = self.pipe, None
+        self._give(pipe)
         if self.waiting:
             self.waiting = False
             if self.src.connected and not self.src.disconnecting:
@@ -232,6 +245,15 @@ class _Direction:
             self.stalls += 1
             self.src.stopReading()
             self.dst.startWriting()
+
+    def _give(self, pipe: _Pipe) -> None:
+        """Give an empty C{pipe} back to the pool (L{PipePool.give}, inline)."""
+        pool = self.pool
+        idle = pool._idle
+        if len(idle) < pool.keep:
+            idle.append(pipe)
+        else:
+            pipe.close()
 
     def _release(self) -> None:
         if self.pipe is not None and not self.pending:
@@ -290,6 +312,20 @@ class SplicePump:
         if self.down.waiting:
             return "client"
         return ""
+
+    def write_closed(self, dst) -> None:
+        """
+        C{dst.loseWriteConnection()} was just called: complete it now, when
+        nothing of ours is in flight to C{dst}, instead of a reactor turn
+        later on its write event.  The class's C{doWrite} with an empty
+        buffer does exactly what that event would (the adapter's third
+        point); if it fails, the write interest it leaves registered makes
+        the reactor meet (and report) the same failure.
+        """
+        direction = self.up if dst is self.backend else self.down
+        if direction.pending or direction.broken or dst.disconnecting or not dst.connected:
+            return
+        dst.doWrite()
 
     def close(self) -> None:
         """Give the pipes back and the transports their own methods (both connections are gone)."""

@@ -199,3 +199,32 @@ class HealthReportTests(ConnectTests):
         d.cancel()
         self.failureResultOf(d)
         self.assertEqual(self.reports.events, [("dropped", 1001), ("dropped", 1002)])
+
+
+class DeadlinesTimeoutTests(SynchronousTestCase):
+    """With C{deadlines}, the whole connect's bound is a coarse deadline, not a DelayedCall."""
+
+    def setUp(self):
+        from sniproxy.deadlines import Deadlines
+
+        self.reactor = MemoryReactorClock()
+        self.deadlines = Deadlines(self.reactor)
+
+    def test_timeout_on_the_deadlines(self):
+        d = connect(self.reactor, self.reactor, ADDRESSES[:1], Ready, timeout=0.42, deadlines=self.deadlines)
+        self.assertEqual(len(self.deadlines), 1)
+        self.assertEqual([c.func for c in self.reactor.getDelayedCalls()], [self.deadlines._sweep])
+        self.reactor.advance(0.42)
+        self.assertNoResult(d)  # the bucket boundary after 0.42 is 0.5
+        self.reactor.advance(0.08)
+        error = self.failureResultOf(d, ConnectError).value
+        self.assertEqual(str(error), "127.0.0.1:1001: timed out")
+        self.assertTrue(all(c.stoppedConnecting for c in self.reactor.connectors))
+        self.assertEqual(len(self.deadlines), 0)
+
+    def test_winning_cancels_the_deadline(self):
+        d = connect(self.reactor, self.reactor, ADDRESSES[:1], Ready, timeout=5.0, deadlines=self.deadlines)
+        host, port, factory, *_ = self.reactor.tcpClients[0]
+        factory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(StringTransport())
+        self.successResultOf(d)
+        self.assertEqual(len(self.deadlines), 0)

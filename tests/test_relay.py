@@ -71,7 +71,7 @@ class RelayTests(SynchronousTestCase):
         self.relay.backend_lost(Failure(ConnectionDone()))
         self.assertEqual(self.closed, [self.relay])
         self.assertEqual(self.relay.close_reason, "client closed")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.relay._deadlines), 0)
 
     def test_half_close_both_ways_is_done(self):
         self.relay.client_eof()

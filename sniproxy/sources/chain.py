@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from sniproxy.deferreds import PENDING, peek
+from sniproxy.deferreds import PENDING, _Pending, peek
 from sniproxy.interfaces import IResolver, Route
 
 __all__ = ["FallbackChain"]
@@ -25,6 +25,28 @@ class FallbackChain:
 
     def __init__(self, sources: Sequence[IResolver]) -> None:
         self.sources = tuple(sources)
+        # The sources' synchronous answers, up to the first source that has
+        # none (from there on only resolve() can answer).
+        nows = []
+        for source in self.sources:
+            now = getattr(source, "resolve_now", None)
+            if now is None:
+                break
+            nows.append(now)
+        self._nows = tuple(nows)
+        self._all_now = len(nows) == len(self.sources)
+
+    def resolve_now(self, server_name: str) -> Route | None | _Pending:
+        """
+        The chain's answer without a L{Deferred}, when the sources that give
+        synchronous answers (C{resolve_now}) decide it; L{PENDING} when
+        L{resolve} must be asked.
+        """
+        for now in self._nows:
+            route = now(server_name)
+            if route is not None:
+                return route  # a route, or PENDING
+        return None if self._all_now else PENDING
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
         # Most names are answered synchronously (static routes, warm DNS

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from sniproxy.apps import AppRegistry
 from sniproxy.addresses import AddressResolver, is_ip_literal
 from sniproxy.config import StaticTarget
+from sniproxy.deferreds import PENDING, _Pending
 from sniproxy.hostnames import PatternSet
 from sniproxy.interfaces import IResolver, Route
 
@@ -50,6 +51,17 @@ class StaticResolver:
         }
 
         self.match = PatternSet(routes).match
+
+    def resolve_now(self, server_name: str) -> Route | None | _Pending:
+        """
+        The answer without a L{Deferred} when it needs no lookup: the route
+        of an IP-literal target, or C{None} when no pattern matches;
+        L{PENDING} when only L{resolve} can answer (a host name or an app).
+        """
+        pattern = self.match(server_name)
+        if pattern is None:
+            return None
+        return self._fixed.get(pattern, PENDING)
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
         pattern = self.match(server_name)

@@ -1,5 +1,5 @@
 """
-Results as markdown tables (one per scenario, then the DESIGN.md section 5
+Results as markdown tables (one per scenario, then the targets (docs/benchmarks.rst)
 targets, met or not), and the JSON file of raw samples and metadata.
 """
 
@@ -21,7 +21,7 @@ from bench.topology import NAMES
 
 __all__ = ["SECTIONS", "footer", "header", "metadata", "targets", "write_json"]
 
-# DESIGN.md section 5.
+# The targets of docs/benchmarks.rst.
 TARGET_RATIO_MEDIAN = 1.05
 TARGET_RATIO_P99 = 1.2
 TARGET_PROXY_RATIO = 1.15
@@ -471,7 +471,7 @@ SECTIONS: dict[str, Callable[[dict], str]] = {
 
 
 def targets(results: dict[str, dict]) -> tuple[str, list[dict]]:
-    """The DESIGN.md section 5 table, and its rows for the JSON file."""
+    """The targets table, and its rows for the JSON file."""
     rows: list[dict] = []
 
     def add(target: str, measured: str, met: bool | None) -> None:
@@ -555,7 +555,7 @@ def targets(results: dict[str, dict]) -> tuple[str, list[dict]]:
                 mbps >= TARGET_MBPS,
             )
     verdict = {True: "meets", False: "**misses**", None: "-"}
-    text = "### DESIGN.md section 5: targets\n\n" + table(
+    text = "### Targets\n\n" + table(
         ["target", "measured", "verdict"], [[r["target"], r["measured"], verdict[r["met"]]] for r in rows]
     )
     return text, rows

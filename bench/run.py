@@ -1,7 +1,7 @@
 """
 The sniproxy benchmark: DNS-routed connections against static ones, side by
 side, in one run on one machine, so every figure is a ratio taken at the
-same time (DESIGN.md section 5, issue 5).
+same time (the targets in docs/benchmarks.rst).
 
     python bench/run.py [--quick] [--json PATH] [--only s1,s2,...]
 

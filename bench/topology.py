@@ -71,7 +71,7 @@ class Names:
 
 NAMES = Names()
 
-# TTLs of the records (seconds), as DESIGN.md section 5 and issue 5 ask.
+# TTLs of the records (seconds), as the targets in docs/benchmarks.rst ask.
 S2_TTL = 30
 S3_TTL = 2
 # S3 through a caching forwarder (issue 12): the chain 300/60/5 seen in the field.

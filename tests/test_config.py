@@ -24,7 +24,7 @@ from sniproxy.interfaces import Address
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(HERE, os.pardir, "etc", "sniproxy.toml")
 
-# DESIGN.md section 6, verbatim: the contract operators rely on.
+# The config contract operators rely on (the example in docs/configuration.rst), verbatim.
 DESIGN_EXAMPLE = """
 [proxy]
 listen = ["tcp:8443:interface=127.0.0.1"]   # Twisted endpoint strings

@@ -108,7 +108,7 @@ class ProxyService(MultiService):
         """
         super().__init__()
         self.dns_cache_file = dns_cache_file
-        config = with_dns_cache_file(config, dns_cache_file)
+        config = self.adjust_config(with_dns_cache_file(config, dns_cache_file))
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -160,6 +160,10 @@ class ProxyService(MultiService):
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
         self._terminating = False
+
+    def adjust_config(self, config: Config) -> Config:
+        """The config this process runs with, from the file's (a worker shares the limits out)."""
+        return config
 
     # -- starting and stopping
 
@@ -262,7 +266,7 @@ class ProxyService(MultiService):
         """
         path = self.config_path
         try:
-            config = with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file)
+            config = self.adjust_config(with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file))
             parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:

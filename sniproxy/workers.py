@@ -21,6 +21,7 @@ See docs/workers.rst for the behaviour (signals, faults, limits).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -482,7 +483,7 @@ class WorkersService(MultiService):
 
     def _command(self, number: int, listen: list[str]) -> list[str]:
         argv = [sys.executable, "-m", "sniproxy.workers", "--worker", str(number), "--config", self.config_path]
-        argv += ["--dns-socket", self._socket_path()]
+        argv += ["--dns-socket", self._socket_path(), "--workers", str(self.supervisor.count)]
         for item in listen:
             argv += ["--listen", item]
         return argv
@@ -679,11 +680,29 @@ class WorkerProxyService(ProxyService):
     endpoint, cache file or signal handling of its own.
 
     @param fds: the inherited listening sockets, by endpoint string.
+    @param share: how many workers share C{proxy.max_connections} and
+        C{proxy.max_connections_per_client}: each gets the limit divided
+        by C{share}, rounded up, so the proxy as a whole holds at most
+        C{limit + share - 1}.
     """
 
-    def __init__(self, config: Config, fds: dict[str, int], dns_owner: str, worker: int, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, fds: dict[str, int], dns_owner: str, worker: int, reactor: Any = None, share: int = 1
+    ) -> None:
+        self.share = share
         super().__init__(config, reactor, dns_owner=dns_owner, worker=worker)
         self.fds = fds
+
+    def adjust_config(self, config: Config) -> Config:
+        proxy = config.proxy
+        return dataclasses.replace(
+            config,
+            proxy=dataclasses.replace(
+                proxy,
+                max_connections=-(-proxy.max_connections // self.share),
+                max_connections_per_client=-(-proxy.max_connections_per_client // self.share),
+            ),
+        )
 
     def privilegedStartService(self) -> None:
         if not self.ports:
@@ -776,6 +795,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--dns-socket", required=True)
     parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--workers", type=int, default=1, help="how many workers share the connection limits")
     options = parser.parse_args(argv)
     _die_with_parent()
     # The main process coordinates reloads and log reopening; a signal
@@ -795,7 +815,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     for item in options.listen:
         description, _, fd = item.rpartition("=")
         fds[description] = int(fd)
-    service = WorkerProxyService(config, fds, options.dns_socket, options.worker, reactor)
+    service = WorkerProxyService(config, fds, options.dns_socket, options.worker, reactor, share=options.workers)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     control = _WorkerSide(service, reactor)

@@ -49,6 +49,17 @@ class ConfigTests(SynchronousTestCase):
     def test_two(self):
         self.assertEqual(worker_count(load_config_text("[proxy]\nworkers = 2\n")), 2)
 
+    def test_limits_are_shared_out(self):
+        """Each of N workers gets ceil(limit / N): at most limit + N - 1 overall."""
+        from types import SimpleNamespace
+
+        from sniproxy.workers import WorkerProxyService
+
+        config = load_config_text("[proxy]\nworkers = 3\nmax_connections = 100\nmax_connections_per_client = 0\n")
+        adjusted = WorkerProxyService.adjust_config(SimpleNamespace(share=3), config)
+        self.assertEqual((adjusted.proxy.max_connections, adjusted.proxy.max_connections_per_client), (34, 0))
+        self.assertEqual(adjusted.proxy.listen, config.proxy.listen)
+
     def test_bad_values_name_the_key(self):
         for value in ("-1", "257", '"2"', "1.5", "true"):
             with self.assertRaises(ConfigError) as caught:

@@ -117,6 +117,27 @@ class WorkerMetricsTests(SynchronousTestCase):
         self.assertEqual(totals, {"relayed": 7})
 
 
+class AccessLogTests(SynchronousTestCase):
+    def test_workers_append_whole_lines_naming_themselves(self):
+        """Two workers' logs on one file: every line whole (even past any buffer size) and named."""
+        from sniproxy.accesslog import AccessLog
+
+        path = self.mktemp()
+        logs = [AccessLog(path, worker=1), AccessLog(path, worker=2)]
+        self.addCleanup(lambda: [log.close() for log in logs])
+        for index in range(20):
+            logs[index % 2].write({"worker": 1 + index % 2, "filler": str(index) * 20000})
+        with open(path) as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual([line["worker"] for line in lines], [1, 2] * 10)
+        self.assertEqual([len(line["filler"]) for line in lines[:2]], [20000, 20000])
+
+    def test_one_worker_lines_have_no_worker(self):
+        from sniproxy.accesslog import AccessLog
+
+        self.assertIsNone(AccessLog("").worker)
+
+
 class SupervisorTests(TestCase):
     """Real (short-lived) processes, restart times on a L{Clock}."""
 
@@ -416,3 +437,46 @@ access = "{self.access}"
         if runtime is not None:
             self.assertFalse(os.path.exists(runtime.group(1).decode()))
         self.assertNotIn(b"Traceback", self.child.output)
+
+    @inlineCallbacks
+    def test_sigusr1_reopens_every_workers_log(self):
+        """After logrotate's rename and SIGUSR1, both workers write to the new file."""
+        self.write_config()
+        self.child = yield self.start()
+        self.before = 0
+        yield self.connect_until_both_workers("static.example.com")
+        os.rename(self.access, self.access + ".1")
+        reopened = self.child.wait_for(b"reopening the access log")
+        self.child.signal("USR1")
+        yield reopened
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.before = 0
+        yield self.connect_until_both_workers("static.example.com")
+
+    @inlineCallbacks
+    def test_reload_adding_a_port_replaces_the_workers(self):
+        """A port added by SIGHUP is bound by the main process and served by a new set of workers."""
+        self.write_config()
+        self.child = yield self.start()
+        old = self.worker_pids(self.child)
+        with open(self.config) as f:
+            text = f.read()
+        with open(self.config, "w") as f:
+            f.write(text.replace(
+                'listen = ["tcp:0:interface=127.0.0.1"]',
+                'listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=64"]', 1
+            ))
+        reloaded = self.child.wait_for(b"reloaded")
+        self.child.signal("HUP")
+        yield reloaded
+        yield self.wait_serving(self.child, 4)
+        new_port = int(self.child.addresses[2].rsplit(":", 1)[1])
+        for port in (self.child.port, new_port):
+            data = yield self.connect(port, "static.example.com")
+            self.assertEqual(data, GREETING)
+        for _ in range(300):
+            if not any(_alive(pid) for pid in old):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([pid for pid in old if _alive(pid)], [])
+        self.assertEqual(len(self.worker_pids(self.child)), 4)

@@ -516,7 +516,8 @@ class WorkersService(MultiService):
         from sniproxy.dns.shared import DNSOwner
 
         self.owner = DNSOwner(self.dns, self.reactor)
-        self.owner.listen(self._socket_path()).addErrback(
+        # The owner's listen may give its port or a Deferred of it.
+        maybeDeferred(self.owner.listen, self._socket_path()).addErrback(
             lambda failure: log.error("cannot serve the DNS cache to the workers: {error}", error=failure.value)
         )
         self.resolver_threads.start()
@@ -540,7 +541,7 @@ class WorkersService(MultiService):
         ports, self.ports = list(self.ports.values()), {}
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
         if self.owner is not None:
-            yield self.owner.stop()
+            yield maybeDeferred(self.owner.stop)
         yield super().stopService()
         self.resolver_threads.stop()
         if self.runtime_dir is not None:
@@ -573,7 +574,11 @@ class WorkersService(MultiService):
     def reopen_logs(self) -> defer.Deferred[Any]:
         """Every worker reopens its access log (SIGUSR1)."""
         log.info("reopening the access log {path} in every worker", path=self.config.log.access)
-        return self.supervisor.call(ReopenLogs)
+
+        def reopened(answers: list[tuple[int, Any]]) -> None:
+            log.info("{done} of {count} workers reopened the access log", done=sum(a is not None for _, a in answers), count=len(answers))
+
+        return self.supervisor.call(ReopenLogs).addCallback(reopened)
 
     def _terminate(self) -> None:
         if self._terminating:
@@ -647,9 +652,13 @@ class WorkersService(MultiService):
         return True
 
     def _reloaded(self, answers: list[tuple[int, Any]]) -> None:
+        done = 0
         for number, answer in answers:
             if answer is not None and not answer["ok"]:
                 log.error("worker {worker} failed to reload: {error}", worker=number, error=answer.get("error"))
+            elif answer is not None:
+                done += 1
+        log.info("reload: {done} of {count} workers switched", done=done, count=len(answers))
 
 
 def _environment() -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -415,10 +416,9 @@ access = "{self.access}"
         yield refused
         self.assertIn(b"bogus_key", self.child.output)
         self.write_config(backend=1)
-        reloaded = self.child.wait_for(b"reloaded")
+        reloaded = self.child.wait_for(b"reload: 2 of 2 workers switched")
         self.child.signal("HUP")
         yield reloaded
-        yield deferLater(reactor, 0.3, lambda: None)  # the workers' own reload
         yield self.connect_until_both_workers("static.example.com", expect=b"hello from backend two")
 
     @inlineCallbacks
@@ -446,10 +446,9 @@ access = "{self.access}"
         self.before = 0
         yield self.connect_until_both_workers("static.example.com")
         os.rename(self.access, self.access + ".1")
-        reopened = self.child.wait_for(b"reopening the access log")
+        reopened = self.child.wait_for(b"2 of 2 workers reopened the access log")
         self.child.signal("USR1")
         yield reopened
-        yield deferLater(reactor, 0.3, lambda: None)
         self.before = 0
         yield self.connect_until_both_workers("static.example.com")
 
@@ -480,3 +479,20 @@ access = "{self.access}"
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual([pid for pid in old if _alive(pid)], [])
         self.assertEqual(len(self.worker_pids(self.child)), 4)
+
+    @inlineCallbacks
+    def test_workers_exit_when_the_main_process_dies(self):
+        """SIGKILL to the main process: its workers stop on their own (PR_SET_PDEATHSIG, the pipe's EOF)."""
+        self.write_config()
+        self.child = yield self.start()
+        pids = self.worker_pids(self.child)
+        self.child.signal("KILL")
+        yield self.child.ended
+        runtime = re.search(rb"UNIXAddress\('([^']+)/dns.sock'\)", self.child.output)
+        if runtime is not None:  # nobody removes it after a SIGKILL
+            self.addCleanup(shutil.rmtree, runtime.group(1).decode(), True)
+        for _ in range(300):
+            if not any(_alive(pid) for pid in pids):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([pid for pid in pids if _alive(pid)], [])

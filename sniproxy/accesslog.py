@@ -115,7 +115,7 @@ class AccessLog:
             self._file = sys.__stdout__
             return
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as error:
             log.error("cannot open the access log {path}: {error}", path=self.path, error=error.strerror)
 

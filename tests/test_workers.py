@@ -362,6 +362,8 @@ access = "{self.access}"
         self.assertEqual(status["connections"]["total"], self.before)
         page = (yield self.get("/")).decode()
         self.assertIn("2 of 2 serving", page)
+        explained = json.loads((yield self.get("/explain?name=static.example.com")))
+        self.assertIn(str(self.backends[0]), json.dumps(explained))
 
     @inlineCallbacks
     def test_one_upstream_query_for_all_workers(self):

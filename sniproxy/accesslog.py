@@ -1,7 +1,7 @@
 """
 The access log: one JSON object per line, one line per connection.
 
-Written to a file (appending, line-buffered) or to standard output.
+Written to a file (appending, one C{write} per line) or to standard output.
 L{AccessLog.reopen} closes and reopens the file, for log rotation
 (C{logrotate} moves the file, then the daemon gets SIGUSR1 or SIGHUP).
 """
@@ -86,16 +86,23 @@ class AccessLog:
     """
     @param path: a file path, C{"-"} for standard output, or C{""} for no
         access log at all.
+    @param worker: the worker process's number, written as C{"worker"} in
+        every line (C{None}, with C{proxy.workers = 1}: no such field).
+
+    A file is opened with C{O_APPEND} and each line written with one
+    C{os.write}, so the lines of several worker processes appending to
+    one file never interleave (appends to a regular file are atomic).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, worker: int | None = None) -> None:
         self.path = path
+        self.worker = worker
         self._file: IO[str] | None = None
-        self._own = False
+        self._fd: int | None = None
         self.reopen()
 
     def __bool__(self) -> bool:
-        return self._file is not None
+        return self._file is not None or self._fd is not None
 
     def reopen(self) -> None:
         """(Re)open the destination; a failure is logged and leaves the log off."""
@@ -108,29 +115,31 @@ class AccessLog:
             self._file = sys.__stdout__
             return
         try:
-            self._file = open(self.path, "a", buffering=1, encoding="utf-8")
-            self._own = True
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as error:
             log.error("cannot open the access log {path}: {error}", path=self.path, error=error.strerror)
 
     def observe(self, record: ConnectionRecord) -> None:
         """Write C{record}'s line (a record observer of L{sniproxy.proxy.ProxyFactory})."""
-        if self._file is not None:
-            self.write(entry(record))
+        if self._fd is not None or self._file is not None:
+            line = entry(record)
+            if self.worker is not None:
+                line["worker"] = self.worker
+            self.write(line)
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            return
         try:
-            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-            if not self._own:
+            if self._fd is not None:
+                os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+            elif self._file is not None:
+                self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
                 self._file.flush()
         except (OSError, ValueError) as error:
             # A full disk must not take the proxy down with it.
             log.error("cannot write the access log {path}: {error}", path=self.path, error=error)
 
     def close(self) -> None:
-        if self._own and self._file is not None:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
         self._file = None
-        self._own = False

@@ -28,14 +28,39 @@ from sniproxy.statuspage import DEFAULT_REFRESH, render_page
 __all__ = ["admin_site"]
 
 
+def _after(refresh: Callable[[], Deferred[Any]] | None, render: Callable[[Any], bytes], request) -> Any:
+    """
+    C{render(request)}, or, with C{refresh} (the main process of several
+    workers gathering their numbers), the same once C{refresh()} fired.
+    """
+    if refresh is None:
+        return render(request)
+
+    def write(_: Any) -> None:
+        request.write(render(request))
+        request.finish()
+
+    def failed(failure: Failure) -> None:
+        request.setResponseCode(500)
+        request.write(f"cannot render this page: {failure.value}\n".encode())
+        request.finish()
+
+    refresh().addCallback(write).addErrback(failed)
+    return NOT_DONE_YET
+
+
 class MetricsPage(Resource):
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, refresh: Callable[[], Deferred[Any]] | None = None) -> None:
         super().__init__()
         self.registry = registry
+        self.refresh = refresh
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request):
+        return _after(self.refresh, self._render, request)
+
+    def _render(self, request) -> bytes:
         encoder, content_type = exposition.choose_encoder(request.getHeader("accept") or "")
         request.setHeader("content-type", content_type)
         return encoder(self.registry)
@@ -96,11 +121,15 @@ class StatusJSON(Resource):
 
     isLeaf = True
 
-    def __init__(self, status: StatusCollector) -> None:
+    def __init__(self, status: StatusCollector, refresh: Callable[[], Deferred[Any]] | None = None) -> None:
         super().__init__()
         self.status = status
+        self.refresh = refresh
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request):
+        return _after(self.refresh, self._render, request)
+
+    def _render(self, request) -> bytes:
         request.setHeader("content-type", "application/json")
         request.setHeader("cache-control", "no-store")
         return json.dumps(self.status.snapshot().as_json(), indent=1).encode() + b"\n"
@@ -109,11 +138,17 @@ class StatusJSON(Resource):
 class _Index(Resource):
     """C{GET /}: the status page, or a list of the pages without one."""
 
-    def __init__(self, status: StatusCollector | None = None) -> None:
+    def __init__(self, status: StatusCollector | None = None, refresh: Callable[[], Deferred[Any]] | None = None) -> None:
         super().__init__()
         self.status = status
+        self.refresh = refresh
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request):
+        if self.status is None:
+            return self._render(request)
+        return _after(self.refresh, self._render, request)
+
+    def _render(self, request) -> bytes:
         if self.status is None:
             request.setHeader("content-type", "text/plain")
             return b"sniproxy admin: /metrics, /explain?name=NAME\n"
@@ -138,16 +173,20 @@ def admin_site(
     registry: CollectorRegistry,
     explain: Callable[[str], Deferred[dict[str, Any]]],
     status: StatusCollector | None = None,
+    refresh: Callable[[], Deferred[Any]] | None = None,
 ) -> Site:
     """
     The admin endpoint's site.
 
     @param status: what C{/} and C{/status.json} show; without it C{/} only
         lists the other pages and C{/status.json} is not there.
+    @param refresh: called before C{/metrics}, C{/} and C{/status.json}
+        render, which wait for its Deferred (the main process of several
+        workers gathers their metrics so).
     """
-    root = _Index(status)
-    root.putChild(b"metrics", MetricsPage(registry))
+    root = _Index(status, refresh)
+    root.putChild(b"metrics", MetricsPage(registry, refresh))
     root.putChild(b"explain", ExplainPage(explain))
     if status is not None:
-        root.putChild(b"status.json", StatusJSON(status))
+        root.putChild(b"status.json", StatusJSON(status, refresh))
     return _QuietSite(root)

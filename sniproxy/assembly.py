@@ -80,13 +80,27 @@ class Parts:
     warm_names: tuple[str, ...]
 
 
-def build_dns(config: Config, reactor: IReactorUDP | None, clock: IReactorTime | None = None) -> CachingResolver:
+def build_dns(
+    config: Config, reactor: IReactorUDP | None, clock: IReactorTime | None = None, owner: str | None = None
+) -> CachingResolver:
     """
     The process's one caching DNS resolver for C{config}'s C{[dns]} table,
     with its upstream.  (The only place the cache is constructed.)
 
     @param clock: the cache's clock; C{reactor} when not given.
+    @param owner: in a worker process (C{proxy.workers} above 1), the UNIX
+        socket of the main process's cache: the result is then a started
+        L{sniproxy.dns.shared.DNSMirror} of that cache, with no upstream
+        of its own.
     """
+    if owner is not None:
+        from sniproxy.dns.shared import DNSMirror
+
+        if reactor is None:
+            from twisted.internet import reactor
+        mirror = DNSMirror(owner, config.dns, reactor, clock)
+        mirror.start()
+        return mirror  # type: ignore[return-value]
     return dns_layer.build_dns(config.dns, reactor, clock)
 
 

@@ -166,6 +166,8 @@ class ProxyConfig:
     @ivar deny_clients: client networks refused at once; wins over allow_clients.
     @ivar eject_base: seconds an app instance is skipped after its first failed connect.
     @ivar eject_max: the longest back-off (it doubles with each failed probe).
+    @ivar workers: worker processes that accept and relay (1 = the main
+        process does, as always; 0 = one per CPU core; at most 256).
     """
 
     listen: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
@@ -188,6 +190,7 @@ class ProxyConfig:
     deny_clients: tuple[str, ...] = ()
     eject_base: float = 1.0
     eject_max: float = 30.0
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,6 +707,7 @@ def _proxy(table: _Table) -> ProxyConfig:
         deny_clients=table.get("deny_clients", default.deny_clients, _list(_via(_network))),
         eject_base=table.get("eject_base", default.eject_base, positive),
         eject_max=table.get("eject_max", default.eject_max, positive),
+        workers=table.get("workers", default.workers, _integer(0, 256)),
     )
     table.done()
     if config.eject_max < config.eject_base:

@@ -94,14 +94,21 @@ class ProxyService(MultiService):
         clock: IReactorTime | None = None,
         handle_signals: bool = False,
         dns_cache_file: str | None = None,
+        dns_owner: str | None = None,
+        worker: int | None = None,
     ) -> None:
         """
         @param dns_cache_file: overrides C{dns.cache_file}, at start and at
             every reload (twistd's C{--dns-cache-file}).
+        @param dns_owner: in a worker process, the UNIX socket of the main
+            process's DNS cache (L{sniproxy.workers}): this service then
+            resolves through a mirror of it and keeps no cache file, and
+            the main process applies C{[dns]} reloads.
+        @param worker: in a worker process, its number (in the access log).
         """
         super().__init__()
         self.dns_cache_file = dns_cache_file
-        config = with_dns_cache_file(config, dns_cache_file)
+        config = self.adjust_config(with_dns_cache_file(config, dns_cache_file))
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -111,22 +118,25 @@ class ProxyService(MultiService):
         self.loaded_at = self.clock.seconds()
         self.last_reload_error: str | None = None
         self.handle_signals = handle_signals
-        self.dns = build_dns(config, reactor, self.clock)
+        self.worker = worker
+        self.dns = build_dns(config, reactor, self.clock, owner=dns_owner)
         # For the life of the process, like the DNS cache: a reload builds
         # new sources over the same threads (routing.system.threads takes
         # effect at the next start).
         self.resolver_threads = build_resolver_threads(config, reactor)
         parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
-        self.dns_service = DNSService(
-            self.dns,
-            parts.warm_names,
-            cache_file=config.dns.cache_file,
-            save_interval=config.dns.cache_save_interval,
-            clock=self.clock,
-            reactor=reactor,
-        )
-        self.dns_service.setServiceParent(self)
-        self.access_log = AccessLog(config.log.access)
+        self.dns_service: DNSService | None = None
+        if dns_owner is None:
+            self.dns_service = DNSService(
+                self.dns,
+                parts.warm_names,
+                cache_file=config.dns.cache_file,
+                save_interval=config.dns.cache_save_interval,
+                clock=self.clock,
+                reactor=reactor,
+            )
+            self.dns_service.setServiceParent(self)
+        self.access_log = AccessLog(config.log.access, worker=worker)
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
         self.factory = ProxyFactory(
             config.proxy, parts.router, reactor, self.clock, access_log=self.access_log, metrics=self.metrics
@@ -150,6 +160,10 @@ class ProxyService(MultiService):
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
         self._terminating = False
+
+    def adjust_config(self, config: Config) -> Config:
+        """The config this process runs with, from the file's (a worker shares the limits out)."""
+        return config
 
     # -- starting and stopping
 
@@ -252,7 +266,7 @@ class ProxyService(MultiService):
         """
         path = self.config_path
         try:
-            config = with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file)
+            config = self.adjust_config(with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file))
             parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:
@@ -269,14 +283,18 @@ class ProxyService(MultiService):
         self.factory.reconfigure(config.proxy, parts.router)
         self.backends.configure(config)
         self._close_old_ports(config, opened)
-        # [dns] applies now, to the same cache (entries kept).
-        changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
-        self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
-        if changed:
-            log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
         self.access_log.path = config.log.access
         self.access_log.reopen()
-        self.dns.prefetch(parts.warm_names)
+        if self.dns_service is not None:  # a worker's mirror: the main process applies [dns]
+            # [dns] applies now, to the same cache (entries kept).
+            changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
+            self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
+            if changed:
+                log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
+            self.dns.prefetch(parts.warm_names)
+        else:
+            # The mirror keeps the owner's answers under the new bounds.
+            self.dns.reconfigure(config.dns)
         log.info("reloaded {path}", path=path)
         return True
 

@@ -104,6 +104,8 @@ class Header:
     @ivar loaded_at: wall-clock time of the last successful load or reload.
     @ivar last_reload_error: the one-line error of the last failed reload,
         C{None} when the last one succeeded (or there was none).
+    @ivar workers: worker processes configured (1: the main process serves).
+    @ivar workers_serving: of those, how many serve now.
     """
 
     version: str
@@ -112,6 +114,8 @@ class Header:
     config_path: str
     loaded_at: float
     last_reload_error: str | None
+    workers: int = 1
+    workers_serving: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +253,7 @@ class Snapshot:
             "now": h.now,
             "uptime": h.uptime,
             "config": {"path": h.config_path, "loaded_at": h.loaded_at, "last_reload_error": h.last_reload_error},
+            **({"workers": {"count": h.workers, "serving": h.workers_serving}} if h.workers > 1 else {}),
             "connections": {
                 "live": c.live,
                 "total": c.total,
@@ -444,6 +449,7 @@ class StatusCollector:
             config_path=service.config_path,
             loaded_at=wall - (now - service.loaded_at),
             last_reload_error=service.last_reload_error,
+            **dict(zip(("workers", "workers_serving"), getattr(service, "workers_status", (1, 1)))),
         )
 
     def _connections(self, now: float) -> Connections:

@@ -160,7 +160,8 @@ def _header(snapshot: Snapshot, refresh: int) -> str:
         f"<span>config <b>{_e(h.config_path or '(none)')}</b></span>"
         f"<span>loaded <b>{_clock(h.loaded_at)}</b></span>"
         f"<span>last reload {verdict}</span>"
-        f"<span>at {_clock(h.now)}</span>"
+        + (f"<span>workers <b>{h.workers_serving} of {h.workers} serving</b></span>" if h.workers > 1 else "")
+        + f"<span>at {_clock(h.now)}</span>"
         f'<span>{switch} · <a href="status.json">status.json</a> · <a href="metrics">metrics</a></span>'
         "</header>"
     )

@@ -12,6 +12,7 @@ from sniproxy.assembly import StartError, validate
 from sniproxy.config import ConfigError
 from sniproxy.dns import with_dns_cache_file
 from sniproxy.service import ProxyService
+from sniproxy.workers import WorkersService, worker_count
 
 __all__ = ["Options", "makeService"]
 
@@ -60,6 +61,9 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> ProxyService:
     _quiet_start_errors()
+    if worker_count(options.loaded) > 1:
+        # The main process of several workers (docs/workers.rst).
+        return WorkersService(options.loaded, handle_signals=True, dns_cache_file=options["dns-cache-file"])
     return ProxyService(options.loaded, handle_signals=True, dns_cache_file=options["dns-cache-file"])
 
 

@@ -1,0 +1,52 @@
+"""
+The control channel between the main process and its workers
+(L{sniproxy.workers}): AMP over the worker's standard input and output.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+__all__ = ["CHUNK", "Drain", "Exposition", "Ready", "Reload", "ReopenLogs"]
+
+#: The most bytes of an exposition one L{Exposition} answer carries (an
+#: AMP value holds at most 65535).
+CHUNK = 60000
+
+
+class Ready(amp.Command):
+    """Worker to main: my ports are adopted and I serve."""
+
+    arguments = [(b"pid", amp.Integer())]
+    response: list = []
+
+
+class Reload(amp.Command):
+    """Main to worker: re-read the (already validated) config file and apply it."""
+
+    arguments: list = []
+    response = [(b"ok", amp.Boolean()), (b"error", amp.Unicode(optional=True))]
+
+
+class Drain(amp.Command):
+    """Main to worker: stop accepting, drain live connections, exit 0."""
+
+    arguments: list = []
+    response: list = []
+
+
+class ReopenLogs(amp.Command):
+    """Main to worker: reopen the access log (SIGUSR1)."""
+
+    arguments: list = []
+    response: list = []
+
+
+class Exposition(amp.Command):
+    """
+    Main to worker: your metrics registry's text exposition, from byte
+    C{offset} (0 renders it afresh), at most L{CHUNK} bytes of it.
+    """
+
+    arguments = [(b"offset", amp.Integer())]
+    response = [(b"data", amp.String()), (b"total", amp.Integer())]

@@ -1,0 +1,838 @@
+"""
+Worker processes (C{[proxy] workers} above 1): every core serves, and all
+of them share one DNS cache.
+
+The main process (what twistd runs) binds every listening socket and
+accepts nothing on them; it owns the DNS layer (the L{CachingResolver},
+its cache file and warm-up), serves it to the workers with
+L{sniproxy.dns.shared.DNSOwner} on a UNIX socket in a private runtime
+directory, runs the admin endpoint, and starts and watches N workers
+(L{Supervisor}).  Each worker (C{python -m sniproxy.workers}, see
+L{worker_main}) adopts the listening sockets it inherited
+(C{reactor.adoptStreamPort}) and accepts and relays on its own, as a
+L{WorkerProxyService}: a L{ProxyService} that resolves through a
+L{sniproxy.dns.shared.DNSMirror}.  Main and worker talk AMP over the
+worker's standard input and output (L{sniproxy.workerproto}); the worker's
+standard error comes back to the main process's log, line by line.
+
+See docs/workers.rst for the behaviour (signals, faults, limits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.error import ProcessDone, ProcessTerminated, ReactorNotRunning
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+import sniproxy
+from sniproxy.admin import admin_site
+from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
+from sniproxy.backends import BackendBoard
+from sniproxy.config import Config, ConfigError
+from sniproxy.dns import reconfigure_dns, with_dns_cache_file
+from sniproxy.dns.service import DNSService
+from sniproxy.explain import explain
+from sniproxy.metrics import _DNSCollector
+from sniproxy.service import ProxyService, _listen
+from sniproxy.status import StatusCollector
+from sniproxy.workerproto import CHUNK, Drain, Exposition, Ready, Reload, ReopenLogs
+
+__all__ = [
+    "Supervisor",
+    "WorkerMetrics",
+    "WorkerProxyService",
+    "WorkersService",
+    "worker_count",
+    "worker_main",
+]
+
+log = Logger()
+
+#: Restart back-off: the first restart waits FIRST_DELAY; each death within
+#: STABLE seconds of a start doubles it, up to MAX_DELAY.
+FIRST_DELAY = 0.1
+MAX_DELAY = 10.0
+STABLE = 30.0
+
+
+def worker_count(config: Config) -> int:
+    """How many processes serve: C{proxy.workers}, with 0 meaning one per CPU core."""
+    return config.proxy.workers or os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class _Family:
+    """One summed metric family (what L{WorkerMetrics} yields)."""
+
+    def __init__(self, name: str, documentation: str, kind: str) -> None:
+        self.name, self.documentation, self.kind = name, documentation, kind
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def metric(self) -> Metric:
+        metric = Metric(self.name, self.documentation, self.kind)
+        for (sample, labels), value in self.values.items():
+            metric.add_sample(sample, dict(labels), value)
+        return metric
+
+
+class _Only:
+    """One family of a L{WorkerMetrics}, with C{collect()} as a Prometheus counter has."""
+
+    def __init__(self, metrics: WorkerMetrics, name: str) -> None:
+        self.metrics, self.name = metrics, name
+
+    def collect(self) -> list[Metric]:
+        family = self.metrics.families.get(self.name)
+        return [] if family is None else [family]
+
+
+#: Families that are not summed: an instance is up when every worker has it up.
+_MINIMUM = frozenset({"sniproxy_backend_up"})
+
+
+class WorkerMetrics:
+    """
+    The workers' metrics, summed by name and labels (counters, gauges,
+    histogram buckets), as a Prometheus collector.  The DNS cache's
+    families are left out: the main process's own cache is the one.
+
+    @ivar families: the summed families by name, as of the last L{update}.
+    @ivar connections: C{sniproxy_connections} alone (for the status page).
+    @ivar relayed_bytes: C{sniproxy_relayed_bytes} alone.
+    @ivar routed: C{sniproxy_routed_connections} alone.
+    """
+
+    def __init__(self) -> None:
+        self.families: dict[str, Metric] = {}
+        self.connections = _Only(self, "sniproxy_connections")
+        self.relayed_bytes = _Only(self, "sniproxy_relayed_bytes")
+        self.routed = _Only(self, "sniproxy_routed_connections")
+
+    def update(self, texts: list[str]) -> None:
+        """Replace the sums with those of these expositions (one per worker)."""
+        sums: dict[str, _Family] = {}
+        for text in texts:
+            for family in text_string_to_metric_families(text):
+                if family.name.startswith("sniproxy_dns_"):
+                    continue
+                summed = sums.get(family.name)
+                if summed is None:
+                    summed = sums[family.name] = _Family(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    if sample.name.endswith("_created"):
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key in summed.values and family.name in _MINIMUM:
+                        summed.values[key] = min(summed.values[key], sample.value)
+                    else:
+                        summed.values[key] = summed.values.get(key, 0.0) + sample.value
+        self.families = {name: family.metric() for name, family in sums.items()}
+
+    def live(self) -> int:
+        """Connections open now, in all workers."""
+        family = self.families.get("sniproxy_live_connections")
+        return int(sum(sample.value for sample in family.samples)) if family is not None else 0
+
+    def collect(self):
+        return list(self.families.values())
+
+
+class _WorkerUp:
+    """C{sniproxy_worker_up{worker}}: 1 while a worker runs and serves."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self):
+        family = GaugeMetricFamily("sniproxy_worker_up", "1 while the worker process serves", labels=["worker"])
+        for number in range(1, self.supervisor.count + 1):
+            worker = self.supervisor.workers.get(number)
+            family.add_metric([str(number)], 1 if worker is not None and worker.ready else 0)
+        yield family
+
+
+# ---------------------------------------------------------------- the main process's side
+
+
+class _MainSide(amp.AMP):
+    def __init__(self, worker: _Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    @Ready.responder
+    def ready(self, pid: int):
+        self.worker.ready = True
+        log.info("worker {worker} (pid {pid}) serving", worker=self.worker.number, pid=pid)
+        return {}
+
+
+def _how(reason: Any) -> str:
+    value = reason.value
+    if isinstance(value, ProcessTerminated) and value.signal is not None:
+        try:
+            name = signal.Signals(value.signal).name
+        except ValueError:
+            name = str(value.signal)
+        return f"was killed by signal {name}"
+    if isinstance(value, (ProcessDone, ProcessTerminated)):
+        return f"exited with status {value.exitCode}"
+    return f"ended: {value}"
+
+
+class _Pipes:
+    """The worker process's stdin and stdout as a transport the control AMP can use."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    def write(self, data: bytes) -> None:
+        self.process.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.process.writeSequence(data)
+
+    def loseConnection(self) -> None:
+        self.process.closeStdin()
+
+    def getPeer(self) -> str:
+        return f"worker pid {self.process.pid}"
+
+    def getHost(self) -> str:
+        return "main"
+
+
+class _Worker(ProcessProtocol):
+    """One worker process, seen from the main process."""
+
+    def __init__(self, supervisor: Supervisor, number: int) -> None:
+        self.supervisor = supervisor
+        self.number = number
+        self.amp = _MainSide(self)
+        self.ready = False
+        self.retired = False
+        self.started = supervisor.clock.seconds()
+        self.pid: int | None = None
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._error = b""
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+        self.amp.makeConnection(_Pipes(self.transport))
+
+    def outReceived(self, data: bytes) -> None:
+        self.amp.dataReceived(data)
+
+    def errReceived(self, data: bytes) -> None:
+        *lines, self._error = (self._error + data).split(b"\n")
+        for line in lines:
+            if line:
+                log.info("worker {worker}: {line}", worker=self.number, line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Any) -> None:
+        self.ready = False
+        self.errReceived(b"\n")
+        self.amp.connectionLost(reason)
+        self.supervisor._ended(self, reason)
+        self.ended.callback(None)
+
+    def call(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred[Any]:
+        return self.amp.callRemote(command, **arguments)
+
+    @inlineCallbacks
+    def exposition(self):
+        answer = yield self.call(Exposition, offset=0)
+        data, total = answer["data"], answer["total"]
+        while len(data) < total:
+            more = yield self.call(Exposition, offset=len(data))
+            if not more["data"]:
+                break
+            data += more["data"]
+        return data.decode("utf-8")
+
+
+class Supervisor:
+    """
+    Starts C{count} worker processes and keeps them running: one that dies
+    is restarted (one log line with its exit status or signal) after a
+    back-off that doubles, from L{FIRST_DELAY} to L{MAX_DELAY}, while it
+    keeps dying within L{STABLE} seconds of its start.
+
+    @param command: makes a worker's argv from its number and the
+        C{--listen} arguments (C{description=fd} in the child).
+    @param fds: the listening sockets to hand down, by endpoint string.
+    @ivar workers: the running workers, by number (1 to C{count}).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        command: Callable[[int, list[str]], list[str]],
+        fds: dict[str, int],
+        clock: IReactorTime | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.count = count
+        self.command = command
+        self.fds = fds
+        self.env = env
+        self.workers: dict[int, _Worker] = {}
+        self.retired: list[_Worker] = []
+        self._delays: dict[int, float] = {}
+        self._restarts: dict[int, Any] = {}
+        self.stopping = False
+
+    def start(self) -> None:
+        for number in range(1, self.count + 1):
+            self.spawn(number)
+
+    def spawn(self, number: int) -> _Worker:
+        self._restarts.pop(number, None)
+        worker = _Worker(self, number)
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        listen = []
+        for index, (description, fd) in enumerate(self.fds.items()):
+            child_fds[3 + index] = fd
+            listen.append(f"{description}={3 + index}")
+        argv = self.command(number, listen)
+        self.reactor.spawnProcess(worker, argv[0], argv, env=self.env, childFDs=child_fds)
+        self.workers[number] = worker
+        log.info("worker {worker} started (pid {pid})", worker=number, pid=worker.pid)
+        return worker
+
+    def _ended(self, worker: _Worker, reason: Any) -> None:
+        if worker in self.retired:
+            self.retired.remove(worker)
+            return
+        if self.workers.get(worker.number) is not worker:
+            return
+        del self.workers[worker.number]
+        if self.stopping:
+            return
+        number = worker.number
+        if self.clock.seconds() - worker.started >= STABLE:
+            self._delays[number] = FIRST_DELAY
+        delay = self._delays.get(number, FIRST_DELAY)
+        self._delays[number] = min(delay * 2, MAX_DELAY)
+        log.warn(
+            "worker {worker} (pid {pid}) {how}; restarting it in {delay:g}s (its connections are lost)",
+            worker=number,
+            pid=worker.pid,
+            how=_how(reason),
+            delay=delay,
+        )
+        self._restarts[number] = self.clock.callLater(delay, self.spawn, number)
+
+    def call(self, command: type[amp.Command], **arguments: Any) -> defer.Deferred[list[tuple[int, Any]]]:
+        """Send C{command} to every running worker; fires with (number, answer or None) pairs."""
+        numbers = sorted(self.workers)
+
+        def ignore(failure, number):
+            log.warn("worker {worker} did not answer {command}: {error}", worker=number, command=command.__name__, error=failure.value)
+
+        calls = [self.workers[n].call(command, **arguments).addErrback(ignore, n) for n in numbers]
+        return defer.gatherResults(calls).addCallback(lambda answers: list(zip(numbers, answers)))
+
+    def expositions(self) -> defer.Deferred[list[str]]:
+        """Every serving worker's metrics exposition (a worker that fails to answer is left out)."""
+        calls = [worker.exposition().addErrback(lambda _: None) for worker in self.workers.values() if worker.ready]
+        return defer.gatherResults(calls).addCallback(lambda texts: [text for text in texts if text is not None])
+
+    def _retire(self, worker: _Worker, timeout: float) -> defer.Deferred[None]:
+        """Ask C{worker} to drain and exit; kill it if it has not within C{timeout} + 5 s."""
+        worker.retired = True
+        if worker not in self.retired:
+            self.retired.append(worker)
+        worker.call(Drain).addErrback(lambda _: None)
+        kill = self.clock.callLater(timeout + 5.0, self._kill, worker)
+        worker.ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
+        return worker.ended
+
+    def _kill(self, worker: _Worker) -> None:
+        log.warn("worker {worker} (pid {pid}) did not stop in time: killing it", worker=worker.number, pid=worker.pid)
+        try:
+            worker.transport.signalProcess("KILL")
+        except Exception:
+            pass
+
+    def replace(self, fds: dict[str, int], count: int, timeout: float) -> None:
+        """Start a new set of workers on C{fds}; the old ones drain and exit."""
+        old = list(self.workers.values())
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        self.workers = {}
+        self.fds, self.count = fds, count
+        for worker in old:
+            self._retire(worker, timeout)
+        self.start()
+
+    def stop(self, timeout: float) -> defer.Deferred[Any]:
+        """Drain every worker (up to C{timeout} seconds each) and fire once all have exited."""
+        self.stopping = True
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        waiting = [self._retire(worker, timeout) for worker in list(self.workers.values())]
+        waiting += [worker.ended for worker in self.retired if not worker.ended.called and worker.ended not in waiting]
+        return DeferredList(waiting)
+
+
+class _NoAccept(Factory):
+    """The main process's listening ports accept nothing (it stops reading them)."""
+
+    noisy = False
+    protocol = Protocol
+
+
+def _fd(port: Any) -> int:
+    return port.fileno()
+
+
+class WorkersService(MultiService):
+    """
+    The main process with C{proxy.workers} above 1: binds, owns the DNS
+    cache and the admin endpoint, supervises the workers.
+
+    @ivar ports: the bound (not accepting) listening ports by endpoint.
+    @ivar supervisor: the L{Supervisor} of the workers.
+    @ivar metrics: the workers' summed metrics (L{WorkerMetrics}).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+        handle_signals: bool = False,
+        dns_cache_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.dns_cache_file = dns_cache_file
+        config = with_dns_cache_file(config, dns_cache_file)
+        self.config = config
+        self.config_path = config.path
+        self.loaded_at = self.clock.seconds()
+        self.last_reload_error: str | None = None
+        self.handle_signals = handle_signals
+        self.dns = build_dns(config, reactor, self.clock)
+        self.resolver_threads = build_resolver_threads(config, reactor)
+        parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
+        self.dns_service = DNSService(
+            self.dns,
+            parts.warm_names,
+            cache_file=config.dns.cache_file,
+            save_interval=config.dns.cache_save_interval,
+            clock=self.clock,
+            reactor=reactor,
+        )
+        self.dns_service.setServiceParent(self)
+        self.backends = BackendBoard(self.clock)
+        self.backends.configure(config)
+        self.runtime_dir: str | None = None
+        self.owner: Any = None
+        self.supervisor = Supervisor(reactor, worker_count(config), self._command, {}, clock=self.clock, env=_environment())
+        self.metrics = WorkerMetrics()
+        self.registry = CollectorRegistry()
+        self.registry.register(self.metrics)
+        self.registry.register(_WorkerUp(self.supervisor))
+        self.registry.register(_DNSCollector(lambda: self.dns.counters))
+        self.status = StatusCollector(
+            clock=self.clock,
+            metrics=self.metrics,
+            live=self.metrics.live,
+            service=self,
+            backends=self.backends,
+            dns=self.dns,
+        )
+        self.ports: dict[str, Any] = {}
+        self.admin_port = None
+        self._restore_signals: list[tuple[int, Any]] = []
+        self._terminating = False
+
+    @property
+    def workers_status(self) -> tuple[int, int]:
+        """(workers configured, workers serving), for the status page."""
+        return self.supervisor.count, sum(1 for worker in self.supervisor.workers.values() if worker.ready)
+
+    def _command(self, number: int, listen: list[str]) -> list[str]:
+        argv = [sys.executable, "-m", "sniproxy.workers", "--worker", str(number), "--config", self.config_path]
+        argv += ["--dns-socket", self._socket_path(), "--workers", str(self.supervisor.count)]
+        for item in listen:
+            argv += ["--listen", item]
+        return argv
+
+    def _socket_path(self) -> str:
+        return os.path.join(self.runtime_dir or "", "dns.sock")
+
+    # -- starting and stopping
+
+    def _bind(self, description: str) -> Any:
+        port = _listen(self.reactor, description, _NoAccept())
+        port.stopReading()  # the workers accept; this process never does
+        return port
+
+    def privilegedStartService(self) -> None:
+        # Bind here so ports below 1024 work before twistd drops privileges.
+        if not self.ports:
+            for description in self.config.proxy.listen:
+                self.ports[description] = self._bind(description)
+            if self.config.admin.listen:
+                self.admin_port = _listen(self.reactor, self.config.admin.listen, self._admin_site())
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.privilegedStartService()
+        # After twistd's --uid: the runtime directory and the workers
+        # belong to the user the proxy runs as.
+        self.runtime_dir = tempfile.mkdtemp(prefix="sniproxy-", dir=os.environ.get("RUNTIME_DIRECTORY") or None)
+        os.chmod(self.runtime_dir, 0o700)
+        from sniproxy.dns.shared import DNSOwner
+
+        self.owner = DNSOwner(self.dns, self.reactor)
+        # The owner's listen may give its port or a Deferred of it.
+        maybeDeferred(self.owner.listen, self._socket_path()).addErrback(
+            lambda failure: log.error("cannot serve the DNS cache to the workers: {error}", error=failure.value)
+        )
+        self.resolver_threads.start()
+        super().startService()
+        self.supervisor.fds = {description: _fd(port) for description, port in self.ports.items()}
+        self.supervisor.start()
+        if self.handle_signals:
+            self._handle_signal(signal.SIGHUP, self.reload)
+            self._handle_signal(signal.SIGUSR1, self.reopen_logs)
+            self.reactor.callWhenRunning(self._handle_signal, signal.SIGTERM, self._terminate)
+
+    @inlineCallbacks
+    def stopService(self):
+        if self._restore_signals:
+            for number in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(number, signal.SIG_IGN)
+        if self.admin_port is not None:
+            yield maybeDeferred(self.admin_port.stopListening)
+            self.admin_port = None
+        yield self.supervisor.stop(self.config.proxy.shutdown_timeout)
+        ports, self.ports = list(self.ports.values()), {}
+        yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        if self.owner is not None:
+            yield maybeDeferred(self.owner.stop)
+        yield super().stopService()
+        self.resolver_threads.stop()
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self.runtime_dir = None
+        for number, previous in self._restore_signals:
+            signal.signal(number, previous)
+        self._restore_signals.clear()
+
+    def _refresh(self) -> defer.Deferred[None]:
+        return self.supervisor.expositions().addCallback(self.metrics.update)
+
+    def _admin_site(self):
+        return admin_site(
+            self.registry,
+            lambda name: explain(
+                lambda dns: build_router(self.config, self.clock, dns, self.resolver_threads), self.dns, name,
+                board=self.backends,
+            ),
+            self.status,
+            refresh=self._refresh,
+        )
+
+    # -- signals
+
+    def _handle_signal(self, number: int, handler) -> None:
+        previous = signal.signal(number, lambda *_: self.reactor.callFromThread(handler))
+        self._restore_signals.append((number, previous))
+
+    def reopen_logs(self) -> defer.Deferred[Any]:
+        """Every worker reopens its access log (SIGUSR1)."""
+        log.info("reopening the access log {path} in every worker", path=self.config.log.access)
+
+        def reopened(answers: list[tuple[int, Any]]) -> None:
+            log.info("{done} of {count} workers reopened the access log", done=sum(a is not None for _, a in answers), count=len(answers))
+
+        return self.supervisor.call(ReopenLogs).addCallback(reopened)
+
+    def _terminate(self) -> None:
+        if self._terminating:
+            log.info("SIGTERM again: already stopping")
+            return
+        self._terminating = True
+        log.info(
+            "SIGTERM: the workers drain for up to {timeout}s", timeout=self.config.proxy.shutdown_timeout
+        )
+        self.reactor.stop()
+
+    # -- reloading
+
+    def reload(self) -> bool:
+        """
+        Validate the config file once, then apply it here (C{[dns]}, the
+        admin endpoint, new ports) and in every worker (routing, limits,
+        the access log).  An error keeps the running config everywhere.
+        A change of C{proxy.listen} or C{proxy.workers} starts a new set of
+        workers on the new sockets while the old ones drain.
+
+        @return: whether the new config took effect.
+        """
+        path = self.config_path
+        opened: dict[str, Any] = {}
+        try:
+            config = with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file)
+            parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
+            for description in config.proxy.listen:
+                if description not in self.ports:
+                    opened[description] = self._bind(description)
+            admin = None
+            if config.admin.listen and config.admin.listen != self.config.admin.listen:
+                admin = _listen(self.reactor, config.admin.listen, self._admin_site())
+        except (ConfigError, StartError) as error:
+            for port in opened.values():
+                port.stopListening()
+            self.last_reload_error = str(error)
+            log.error("reload of {path} failed, keeping the running config: {error}", path=path, error=str(error))
+            return False
+        except Exception as error:
+            self.last_reload_error = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
+            log.failure("reload of {path} failed, keeping the running config", path=path)
+            return False
+        old, self.config = self.config, config
+        self.loaded_at = self.clock.seconds()
+        self.last_reload_error = None
+        self.backends.configure(config)
+        changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
+        self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
+        if changed:
+            log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
+        self.dns.prefetch(parts.warm_names)
+        if admin is not None or not config.admin.listen:
+            if self.admin_port is not None:
+                self.admin_port.stopListening()
+            self.admin_port = admin
+        closed = [d for d in self.ports if d not in config.proxy.listen]
+        count = worker_count(config)
+        if opened or closed or count != self.supervisor.count:
+            for description in closed:
+                self.ports.pop(description).stopListening()
+            self.ports.update(opened)
+            log.info("reload: new listening sockets or worker count: starting {count} new workers", count=count)
+            self.supervisor.replace(
+                {description: _fd(port) for description, port in self.ports.items()}, count, old.proxy.shutdown_timeout
+            )
+        else:
+            self.supervisor.call(Reload).addCallback(self._reloaded)
+        log.info("reloaded {path}", path=path)
+        return True
+
+    def _reloaded(self, answers: list[tuple[int, Any]]) -> None:
+        done = 0
+        for number, answer in answers:
+            if answer is not None and not answer["ok"]:
+                log.error("worker {worker} failed to reload: {error}", worker=number, error=answer.get("error"))
+            elif answer is not None:
+                done += 1
+        log.info("reload: {done} of {count} workers switched", done=done, count=len(answers))
+
+
+def _environment() -> dict[str, str]:
+    """The workers' environment: this one, with this copy of sniproxy first on the path."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sniproxy.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+# ---------------------------------------------------------------- the worker's side
+
+
+def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
+    """Accept on the inherited listening socket C{fd} (closed here; the port has its own)."""
+    probe = socket.socket(fileno=os.dup(fd))
+    family = probe.family
+    probe.close()
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)
+    return port
+
+
+class WorkerProxyService(ProxyService):
+    """
+    A worker's L{ProxyService}: it accepts on inherited sockets, resolves
+    through a mirror of the main process's DNS cache, and has no admin
+    endpoint, cache file or signal handling of its own.
+
+    @param fds: the inherited listening sockets, by endpoint string.
+    @param share: how many workers share C{proxy.max_connections} and
+        C{proxy.max_connections_per_client}: each gets the limit divided
+        by C{share}, rounded up, so the proxy as a whole holds at most
+        C{limit + share - 1}.
+    """
+
+    def __init__(
+        self, config: Config, fds: dict[str, int], dns_owner: str, worker: int, reactor: Any = None, share: int = 1
+    ) -> None:
+        self.share = share
+        super().__init__(config, reactor, dns_owner=dns_owner, worker=worker)
+        self.fds = fds
+
+    def adjust_config(self, config: Config) -> Config:
+        proxy = config.proxy
+        return dataclasses.replace(
+            config,
+            proxy=dataclasses.replace(
+                proxy,
+                max_connections=-(-proxy.max_connections // self.share),
+                max_connections_per_client=-(-proxy.max_connections_per_client // self.share),
+            ),
+        )
+
+    def privilegedStartService(self) -> None:
+        if not self.ports:
+            for description, fd in self.fds.items():
+                self.ports[description] = _adopt(self.reactor, fd, self.factory)
+        MultiService.privilegedStartService(self)
+
+    def _open_new_ports(self, config: Config) -> dict[str, Any]:
+        # New sockets come with a new set of workers (WorkersService.reload).
+        return {}
+
+    @inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        yield self.dns.stop()
+
+
+class _WorkerSide(amp.AMP):
+    def __init__(self, service: WorkerProxyService, reactor: Any) -> None:
+        super().__init__()
+        self.service = service
+        self.reactor = reactor
+        self._exposition = b""
+
+    @Reload.responder
+    def reload(self):
+        ok = self.service.reload()
+        return {"ok": ok, "error": self.service.last_reload_error}
+
+    @Drain.responder
+    def drain(self):
+        self.reactor.callLater(0, _stop, self.reactor)
+        return {}
+
+    @ReopenLogs.responder
+    def reopen(self):
+        self.service.reopen_logs()
+        return {}
+
+    @Exposition.responder
+    def exposition(self, offset: int):
+        if offset == 0:
+            self._exposition = exposition.generate_latest(self.service.metrics.registry)
+        return {"data": self._exposition[offset : offset + CHUNK], "total": len(self._exposition)}
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        # The main process is gone (or closed the channel): drain and exit.
+        _stop(self.reactor)
+
+
+def _stop(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:  # already stopping
+        pass
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the main process dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the control pipe's EOF does it
+        pass
+
+
+def _log_to_stderr() -> None:
+    from twisted.logger import eventAsText, globalLogBeginner
+
+    def observer(event):
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        sys.stderr.write(text.replace("\n", "\n  ") + "\n")
+        sys.stderr.flush()
+
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """
+    A worker process: C{python -m sniproxy.workers --worker N --config FILE
+    --dns-socket PATH --listen DESCRIPTION=FD ...}, started by the main
+    process's L{Supervisor} with the control AMP on its standard input and
+    output.
+    """
+    parser = argparse.ArgumentParser(prog="python -m sniproxy.workers")
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--dns-socket", required=True)
+    parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--workers", type=int, default=1, help="how many workers share the connection limits")
+    options = parser.parse_args(argv)
+    _die_with_parent()
+    # The main process coordinates reloads and log reopening; a signal
+    # sent to the whole process group must not kill a worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    _log_to_stderr()
+    from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
+
+    try:
+        config = validate(options.config, reactor)
+    except (ConfigError, StartError) as error:
+        print(f"config: {error}", file=sys.stderr)
+        return 2
+    fds = {}
+    for item in options.listen:
+        description, _, fd = item.rpartition("=")
+        fds[description] = int(fd)
+    service = WorkerProxyService(config, fds, options.dns_socket, options.worker, reactor, share=options.workers)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    control = _WorkerSide(service, reactor)
+    StandardIO(control, reactor=reactor)
+    control.callRemote(Ready, pid=os.getpid()).addErrback(lambda _: None)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

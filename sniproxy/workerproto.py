@@ -44,9 +44,11 @@ class ReopenLogs(amp.Command):
 
 class Exposition(amp.Command):
     """
-    Main to worker: your metrics registry's text exposition, from byte
-    C{offset} (0 renders it afresh), at most L{CHUNK} bytes of it.
+    Main to worker: your metrics registry's text exposition (C{kind}
+    C{"metrics"}) or your backends board's instances as JSON (C{kind}
+    C{"instances"}), from byte C{offset} (0 renders it afresh), at most
+    L{CHUNK} bytes of it.
     """
 
-    arguments = [(b"offset", amp.Integer())]
+    arguments = [(b"offset", amp.Integer()), (b"kind", amp.Unicode(optional=True))]
     response = [(b"data", amp.String()), (b"total", amp.Integer())]

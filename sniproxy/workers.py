@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -45,7 +46,7 @@ from twisted.protocols import amp
 import sniproxy
 from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
-from sniproxy.backends import BackendBoard
+from sniproxy.backends import BackendBoard, HealthState, InstanceStatus
 from sniproxy.config import Config, ConfigError
 from sniproxy.dns import reconfigure_dns, with_dns_cache_file
 from sniproxy.dns.service import DNSService
@@ -157,6 +158,61 @@ class WorkerMetrics:
         return list(self.families.values())
 
 
+# Worst first: an instance any worker has ejected shows as ejected.
+_SEVERITY = {HealthState.UP: 0, HealthState.PROBING: 1, HealthState.EJECTED: 2}
+
+
+def instances_json(instances: list[InstanceStatus]) -> bytes:
+    """A board's instances as the JSON a worker sends the main process."""
+    return json.dumps(
+        [dataclasses.asdict(i) | {"state": HealthState(i.state).value} for i in instances], separators=(",", ":")
+    ).encode("utf-8")
+
+
+class WorkerInstances:
+    """
+    The status page's instances with several workers: each worker's board
+    (L{sniproxy.backends.BackendBoard}) summed by app and address.  Counts
+    add up; the health shown is the worst any worker has (each worker's
+    board judges its own connects), with the latest C{ejected_until}.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[InstanceStatus] = []
+
+    def instances(self) -> list[InstanceStatus]:
+        return self._rows
+
+    def update(self, texts: list[str]) -> None:
+        """Replace the sums with those of these JSON lists (one per worker)."""
+        merged: dict[tuple[str, str], InstanceStatus] = {}
+        for text in texts:
+            try:
+                rows = [InstanceStatus(**row | {"state": HealthState(row["state"])}) for row in json.loads(text)]
+            except (ValueError, TypeError, KeyError) as error:
+                log.warn("a worker sent unreadable instances: {error}", error=str(error)[:200])
+                continue
+            for row in rows:
+                key = (row.app, row.address)
+                seen = merged.get(key)
+                if seen is None:
+                    merged[key] = row
+                    continue
+                worst = seen.state if _SEVERITY[seen.state] >= _SEVERITY[row.state] else row.state
+                until = [t for t in (seen.ejected_until, row.ejected_until) if t is not None]
+                merged[key] = dataclasses.replace(
+                    seen,
+                    state=worst,
+                    ejected_until=max(until) if until else None,
+                    live=seen.live + row.live,
+                    total=seen.total + row.total,
+                    connect_failures=seen.connect_failures + row.connect_failures,
+                    bytes_up=seen.bytes_up + row.bytes_up,
+                    bytes_down=seen.bytes_down + row.bytes_down,
+                )
+        self._rows = list(merged.values())
+
+
 class _WorkerUp:
     """C{sniproxy_worker_up{worker}}: 1 while a worker runs and serves."""
 
@@ -259,11 +315,11 @@ class _Worker(ProcessProtocol):
         return self.amp.callRemote(command, **arguments)
 
     @inlineCallbacks
-    def exposition(self):
-        answer = yield self.call(Exposition, offset=0)
+    def exposition(self, kind: str = "metrics"):
+        answer = yield self.call(Exposition, offset=0, kind=kind)
         data, total = answer["data"], answer["total"]
         while len(data) < total:
-            more = yield self.call(Exposition, offset=len(data))
+            more = yield self.call(Exposition, offset=len(data), kind=kind)
             if not more["data"]:
                 break
             data += more["data"]
@@ -355,9 +411,13 @@ class Supervisor:
         calls = [self.workers[n].call(command, **arguments).addErrback(ignore, n) for n in numbers]
         return defer.gatherResults(calls).addCallback(lambda answers: list(zip(numbers, answers)))
 
-    def expositions(self) -> defer.Deferred[list[str]]:
-        """Every serving worker's metrics exposition (a worker that fails to answer is left out)."""
-        calls = [worker.exposition().addErrback(lambda _: None) for worker in self.workers.values() if worker.ready]
+    def expositions(self, kind: str = "metrics") -> defer.Deferred[list[str]]:
+        """
+        Every serving worker's metrics exposition, or (C{kind}
+        C{"instances"}) its board's instances as JSON; a worker that fails
+        to answer is left out.
+        """
+        calls = [worker.exposition(kind).addErrback(lambda _: None) for worker in self.workers.values() if worker.ready]
         return defer.gatherResults(calls).addCallback(lambda texts: [text for text in texts if text is not None])
 
     def _retire(self, worker: _Worker, timeout: float) -> defer.Deferred[None]:
@@ -463,12 +523,13 @@ class WorkersService(MultiService):
         self.registry.register(self.metrics)
         self.registry.register(_WorkerUp(self.supervisor))
         self.registry.register(_DNSCollector(lambda: self.dns.counters))
+        self.instances = WorkerInstances()
         self.status = StatusCollector(
             clock=self.clock,
             metrics=self.metrics,
             live=self.metrics.live,
             service=self,
-            backends=self.backends,
+            backends=self.instances,
             dns=self.dns,
         )
         self.ports: dict[str, Any] = {}
@@ -552,7 +613,12 @@ class WorkersService(MultiService):
         self._restore_signals.clear()
 
     def _refresh(self) -> defer.Deferred[None]:
-        return self.supervisor.expositions().addCallback(self.metrics.update)
+        return defer.gatherResults(
+            [
+                self.supervisor.expositions().addCallback(self.metrics.update),
+                self.supervisor.expositions("instances").addCallback(self.instances.update),
+            ]
+        ).addCallback(lambda _: None)
 
     def _admin_site(self):
         return admin_site(
@@ -752,9 +818,12 @@ class _WorkerSide(amp.AMP):
         return {}
 
     @Exposition.responder
-    def exposition(self, offset: int):
+    def exposition(self, offset: int, kind: str | None = None):
         if offset == 0:
-            self._exposition = exposition.generate_latest(self.service.metrics.registry)
+            if kind == "instances":
+                self._exposition = instances_json(self.service.backends.instances())
+            else:
+                self._exposition = exposition.generate_latest(self.service.metrics.registry)
         return {"data": self._exposition[offset : offset + CHUNK], "total": len(self._exposition)}
 
     def connectionLost(self, reason: Any) -> None:

@@ -31,7 +31,8 @@ from sniproxy.testing.clienthello import make_client_hello
 from sniproxy.testing.dns import DNSServer
 from sniproxy.testing.process import Twistd
 from sniproxy.testing.tls import Collect
-from sniproxy.workers import FIRST_DELAY, MAX_DELAY, Supervisor, WorkerMetrics, worker_count
+from sniproxy.backends import HealthState, InstanceStatus
+from sniproxy.workers import FIRST_DELAY, MAX_DELAY, Supervisor, WorkerInstances, WorkerMetrics, instances_json, worker_count
 
 
 def load_config_text(text: str):
@@ -116,6 +117,33 @@ class WorkerMetricsTests(SynchronousTestCase):
             for sample in family.samples:
                 totals[sample.labels["outcome"]] = sample.value
         self.assertEqual(totals, {"relayed": 7})
+
+
+class WorkerInstancesTests(SynchronousTestCase):
+    def row(self, state=HealthState.UP, until=None, live=0, total=0, failures=0) -> InstanceStatus:
+        return InstanceStatus("web", "127.0.0.1:443", state, until, live, total, failures, 10, 20, 5)
+
+    def test_sums_and_worst_state(self):
+        """Counts add up across workers; the health is the worst any worker has."""
+        instances = WorkerInstances()
+        instances.update(
+            [
+                instances_json([self.row(live=1, total=3)]).decode(),
+                instances_json([self.row(HealthState.EJECTED, 40.0, live=2, total=4, failures=1)]).decode(),
+                instances_json([self.row(HealthState.PROBING, 30.0, failures=2)]).decode(),
+            ]
+        )
+        [merged] = instances.instances()
+        self.assertEqual(merged.state, HealthState.EJECTED)
+        self.assertEqual(merged.ejected_until, 40.0)
+        self.assertEqual((merged.live, merged.total, merged.connect_failures), (3, 7, 3))
+        self.assertEqual((merged.bytes_up, merged.bytes_down, merged.max_connections), (30, 60, 5))
+
+    def test_unreadable_worker_left_out(self):
+        instances = WorkerInstances()
+        instances.update(["not json", '[{"app": 1}]', instances_json([self.row(total=2)]).decode()])
+        [merged] = instances.instances()
+        self.assertEqual(merged.total, 2)
 
 
 class AccessLogTests(SynchronousTestCase):
@@ -384,6 +412,14 @@ access = "{self.access}"
         self.before = 30
         yield self.connect_until_both_workers("cold.example.com")
         self.assertEqual([q.name for q in self.dns.log if q.type == dns.TXT], [owner])
+        # The status page sums both workers' boards: every connection to the
+        # app's one instance, none live, the instance up.
+        status = json.loads((yield self.get("/status.json")))
+        [instance] = status["apps"]["instances"]
+        self.assertEqual(
+            (instance["app"], instance["address"], instance["state"], instance["live"], instance["total"]),
+            ("myapp", f"127.0.0.1:{self.backends[0]}", "up", 0, self.before),
+        )
 
     @inlineCallbacks
     def test_killed_worker_is_replaced(self):

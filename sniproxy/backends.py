@@ -134,7 +134,18 @@ class _Instance:
 class _Label:
     """The counters of one app (or one fixed label), and its settings."""
 
-    __slots__ = ("name", "balance", "max_connections", "configured", "live", "outcomes", "bytes_up", "bytes_down", "seen")
+    __slots__ = (
+        "name",
+        "balance",
+        "max_connections",
+        "configured",
+        "live",
+        "outcomes",
+        "bytes_up",
+        "bytes_down",
+        "seen",
+        "declared",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -149,6 +160,8 @@ class _Label:
         # known (an instance named by host name or without a port is
         # known once a route has expanded it).
         self.seen: dict[Address, None] = {}
+        # The addresses the config names outright (IP literal and port).
+        self.declared: frozenset[Address] = frozenset()
 
 
 class BackendBoard:
@@ -207,6 +220,7 @@ class BackendBoard:
                 for backend in app.backends
                 if backend.port is not None and _literal(backend.host)
             }
+            label.declared = frozenset(label.seen)
             labels[app_id] = label
         for name, label in old.items():
             if name not in labels and label.live > 0:
@@ -257,6 +271,8 @@ class BackendBoard:
         return self._order(plan, label.balance, is_acme(alpn))
 
     def _plan(self, label: _Label, backends: tuple[Address, ...]) -> tuple[_Instance, ...]:
+        if len(self._plans) >= _MAX_PLANS:
+            self._prune()
         instances = self._instances
         plan = []
         for address in backends:
@@ -266,9 +282,28 @@ class BackendBoard:
             plan.append(instance)
             label.seen.setdefault(address, None)
         plan = tuple(plan)
-        if len(self._plans) < _MAX_PLANS:
-            self._plans[(label.name, backends)] = plan
+        self._plans[(label.name, backends)] = plan
         return plan
+
+    def _prune(self) -> None:
+        """
+        Forget the plans, and the instances that DNS once expanded a
+        backend to but that are idle and healthy now: rotating backend
+        addresses must not grow the instance list (and its metric series)
+        without bound.  Declared, live and unhealthy instances stay.
+        """
+        self._plans = {}
+        instances = self._instances
+
+        def kept(address: Address) -> bool:
+            instance = instances.get(address)
+            return instance is not None and (instance.live > 0 or instance.state is not HealthState.UP)
+
+        keep: set[Address] = set()
+        for label in self._labels.values():
+            label.seen = {a: None for a in label.seen if a in label.declared or kept(a)}
+            keep.update(label.seen)
+        self._instances = {address: instance for address, instance in instances.items() if address in keep}
 
     def _order(self, plan: tuple[_Instance, ...], balance: Balance, acme: bool) -> tuple[Address, ...]:
         healthy: list[_Instance] = []

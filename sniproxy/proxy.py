@@ -112,7 +112,6 @@ class ClientConnection(Protocol):
         self.hello_at: float | None = None
         self.routed_at: float | None = None
         self.connected_at: float | None = None
-        self.ended: float | None = None
         self.client = ""
         self.client_ip = ""
         self.backend: Address | None = None
@@ -604,7 +603,7 @@ class ProxyFactory(Factory):
         C{connection} has closed: forget it, and give its one
         L{ConnectionRecord} to each of L{record_observers}.
         """
-        ended = connection.ended = self.clock.seconds()
+        ended = self.clock.seconds()
         self.connections.discard(connection)
         key = connection.address_key
         left = self._per_client.get(key, 1) - 1

@@ -283,18 +283,25 @@ class ProxyService(MultiService):
         self.factory.reconfigure(config.proxy, parts.router)
         self.backends.configure(config)
         self._close_old_ports(config, opened)
-        self.access_log.path = config.log.access
-        self.access_log.reopen()
-        if self.dns_service is not None:  # a worker's mirror: the main process applies [dns]
-            # [dns] applies now, to the same cache (entries kept).
-            changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
-            self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
-            if changed:
-                log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
-            self.dns.prefetch(parts.warm_names)
-        else:
-            # The mirror keeps the owner's answers under the new bounds.
-            self.dns.reconfigure(config.dns)
+        try:
+            self.access_log.path = config.log.access
+            self.access_log.reopen()
+            if self.dns_service is not None:  # a worker's mirror: the main process applies [dns]
+                # [dns] applies now, to the same cache (entries kept).
+                changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
+                self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
+                if changed:
+                    log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
+                self.dns.prefetch(parts.warm_names)
+            else:
+                # The mirror keeps the owner's answers under the new bounds.
+                self.dns.reconfigure(config.dns)
+        except Exception as error:
+            # The new routes and ports are in force already: say what did
+            # not follow, rather than leave a half-applied reload unsaid.
+            self.last_reload_error = f"applied partially: {type(error).__name__}: {error}".splitlines()[0]
+            log.failure("reload of {path} applied partially (routes and ports are new)", path=path)
+            return False
         log.info("reloaded {path}", path=path)
         return True
 

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import Attribute, Interface
 
 import sniproxy
+from sniproxy.record import Outcome
 
 __all__ = [
     "MAX_INSTANCES",
@@ -36,20 +37,23 @@ __all__ = [
     "StatusCollector",
 ]
 
-# Every outcome the page shows, in the order it shows them; "denied"
-# (client networks refused) reads 0 until that outcome is counted.
-OUTCOMES: tuple[str, ...] = (
-    "relayed",
-    "no route",
-    "malformed",
-    "hello timeout",
-    "routing failed",
-    "backend unreachable",
-    "over limit",
-    "denied",
-    "client closed",
-    "shutdown",
-    "internal error",
+# Every outcome the page shows, in the order it shows them: the ones an
+# operator looks for first, then the quiet ones.
+OUTCOMES: tuple[str, ...] = tuple(
+    outcome.value
+    for outcome in (
+        Outcome.RELAYED,
+        Outcome.NO_ROUTE,
+        Outcome.MALFORMED,
+        Outcome.HELLO_TIMEOUT,
+        Outcome.ROUTING_FAILED,
+        Outcome.BACKEND_UNREACHABLE,
+        Outcome.OVER_LIMIT,
+        Outcome.DENIED,
+        Outcome.CLIENT_CLOSED,
+        Outcome.SHUTDOWN,
+        Outcome.INTERNAL_ERROR,
+    )
 )
 
 #: At most this many instance rows on the page and in the JSON.

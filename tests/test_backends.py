@@ -276,6 +276,27 @@ class HealthTests(BoardTestCase):
         self.assertEqual(self.state(board, C).ejected_until, 3.0)
 
 
+class PruneTests(BoardTestCase):
+    def test_rotating_addresses_stay_bounded(self):
+        """Addresses DNS once expanded an app to are forgotten when idle and up; declared, live and ejected ones stay."""
+        from sniproxy import backends
+
+        self.patch(backends, "_MAX_PLANS", 8)
+        board = self.board()
+        held = self.connect(board)  # a live connection on A
+        board.attempt_failed(B, "refused")  # B ejected
+        for n in range(50):
+            rotated = Address(f"127.0.1.{n}", 443)
+            route = Route(backends=(rotated,), source="txt", app="shop")
+            board.attempt_won(board.admit(route)[0])
+            board.record_closed(record(route, rotated))
+        addresses = {s.address for s in board.instances() if s.app == "shop"}
+        self.assertLessEqual(len(addresses), 3 + 8)
+        self.assertTrue({str(A), str(B), str(C)} <= addresses)
+        self.assertEqual(self.state(board, held).live, 1)
+        self.assertEqual(self.state(board, B).state, HealthState.EJECTED)
+
+
 class CapTests(BoardTestCase):
     def test_cap_refuses_then_admits_after_close(self):
         board = self.board("max_connections = 2")

@@ -454,6 +454,14 @@ class SchemaTests(SynchronousTestCase):
             self.assertIn(f"``{outcome}``", docs)
 
 
+class OutcomeOrderTests(SynchronousTestCase):
+    def test_every_outcome_shown(self):
+        """The page's outcome order names every Outcome once."""
+        from sniproxy.record import Outcome
+
+        self.assertEqual(sorted(OUTCOMES), sorted(outcome.value for outcome in Outcome))
+
+
 class LiveTests(TestCase):
     """treq against a running proxy, with real connections through it."""
 

@@ -31,6 +31,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sniproxy.addresses import is_ip_literal
 from sniproxy.interfaces import Address
 
 __all__ = ["ConnectError", "connect"]
@@ -135,6 +136,10 @@ class _RawAttempt:
         try:
             # The reactor's transport gets a duplicate of the descriptor.
             self.race.reactor.adoptStreamConnection(sock.fileno(), self.family, self)
+        except OSError as e:
+            # No descriptor for the duplicate (EMFILE, say): this address
+            # failed; the race goes on (next turn, as a Connector reports).
+            self.race.clock.callLater(0, self._failed, e.errno or errno.EIO)
         finally:
             sock.close()
 
@@ -218,7 +223,9 @@ class _Race:
             return
         address = self.addresses[self.started]
         self.started += 1
-        if self.raw:
+        # A host name (a fallback given by name) goes through the
+        # Connector, whose resolver runs off the reactor thread.
+        if self.raw and is_ip_literal(address.host):
             attempt = _RawAttempt(self, address, self.clock.seconds())
             self.pending.append(attempt)
             attempt.start()

@@ -8,6 +8,7 @@ health observer, and leaves no descriptor behind when abandoned.
 from __future__ import annotations
 
 import os
+import errno
 import socket
 
 from twisted.internet import reactor
@@ -100,6 +101,33 @@ class RawConnectTests(TestCase):
         self.assertLess(reactor.seconds() - started, 2.0)  # did not wait out the stagger
         self.assertEqual(protocol.address, self.address)
         self.assertEqual(health.events, [("failed", refused, "refused"), ("won", self.address)])
+        protocol.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_host_name_goes_through_the_connector(self):
+        """A backend given by name (a fallback) is resolved off the reactor thread, not by connect_ex."""
+        protocol = yield self.start([Address("localhost", self.address.port)])
+        self.assertEqual(protocol.transport.getPeer().port, self.address.port)
+        protocol.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_failed_adopt_fails_over(self):
+        """An adopt that cannot duplicate the descriptor fails that address; the next one is tried."""
+        real = reactor.adoptStreamConnection
+        calls = []
+
+        def adopt(fd, family, factory):
+            calls.append(fd)
+            if len(calls) == 1:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real(fd, family, factory)
+
+        self.patch(reactor, "adoptStreamConnection", adopt)
+        health = Health()
+        second = Address("127.0.0.1", self.address.port)
+        protocol = yield self.start([self.address, second], stagger=5.0, health=health)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([event[0] for event in health.events], ["failed", "won"])
         protocol.transport.loseConnection()
 
     def black_hole(self) -> Address:

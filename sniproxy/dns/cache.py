@@ -834,6 +834,10 @@ class CachingResolver(common.ResolverBase):
             positive = any(record.type == key[1] for record in answers)
         self._settle(key, flight, answers, authority, additional, None if positive else NODATA)
 
+    def _logs_failure(self, failure: Failure) -> bool:
+        """Whether a failed upstream lookup deserves its warning (a mirror says no for its owner's absence)."""
+        return True
+
     def _failed(self, failure: Failure, key: Key, flight: _Flight) -> None:
         if failure.check(DNSNameError, AuthoritativeDomainError):
             message = failure.value.args[0] if failure.value.args else None
@@ -849,7 +853,7 @@ class CachingResolver(common.ResolverBase):
         now = self._clock.seconds()
         waiters = self._landed(key, flight)
         self.counters.upstream_failures += 1
-        if not self._stopped:
+        if not self._stopped and self._logs_failure(failure):
             log.warn(
                 "DNS lookup of {name} {type} failed: {reason}",
                 name=key[0],

@@ -446,6 +446,8 @@ class DNSOwner:
 
     def _lookup(self, name: str, type: int, cls: int, refresh: bool, have: float) -> defer.Deferred[dict[str, Any]]:
         self.lookups += 1
+        if not (0 < type < 65536 and 0 < cls < 65536):
+            return defer.fail(OwnerError(f"bad type or class {type}/{cls}"))
         try:
             key = (normalise(name), type, cls)
         except ValueError as error:
@@ -626,6 +628,14 @@ class DNSMirror(CachingResolver):
         stopping = self._service.stopService() if self._service.running else defer.succeed(None)
         stopped = super().stop()
         return defer.gatherResults([stopping, stopped]).addCallback(lambda _: None)
+
+    def _logs_failure(self, failure: Failure) -> bool:
+        # The owner's absence and its own back-off are said once, by the
+        # connection and by the owner: not once per name per worker.
+        if failure.check(OwnerUnavailable, NotRefreshed):
+            log.debug("DNS owner: {reason}", reason=str(failure.value))
+            return False
+        return True
 
     def reconfigure(self, config: DNSConfig) -> None:
         """

@@ -1,6 +1,8 @@
 """
 The control channel between the main process and its workers
-(L{sniproxy.workers}): AMP over the worker's standard input and output.
+(L{sniproxy.workers}): AMP over two pipes, the worker's
+fds 3 (main to worker) and 4 (worker to main), apart from its standard
+output, which may carry the access log.
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ directory, runs the admin endpoint, and starts and watches N workers
 L{worker_main}) adopts the listening sockets it inherited
 (C{reactor.adoptStreamPort}) and accepts and relays on its own, as a
 L{WorkerProxyService}: a L{ProxyService} that resolves through a
-L{sniproxy.dns.shared.DNSMirror}.  Main and worker talk AMP over the
-worker's standard input and output (L{sniproxy.workerproto}); the worker's
-standard error comes back to the main process's log, line by line.
+L{sniproxy.dns.shared.DNSMirror}.  Main and worker talk AMP over two
+pipes of their own, the worker's fds 3 and 4 (L{sniproxy.workerproto});
+the worker's standard output is the main process's (C{[log] access =
+"-"}), and its standard error comes back to the main process's log, line
+by line.
 
 See docs/workers.rst for the behaviour (signals, faults, limits).
 """
@@ -255,20 +257,39 @@ def _how(reason: Any) -> str:
     return f"ended: {value}"
 
 
+#: The worker's file descriptors: 0 is closed at once (the worker reads
+#: nothing there), 1 is the main process's own standard output (so C{[log]
+#: access = "-"} writes where it does with one process), 2 carries its log
+#: lines back, the control AMP goes in on CONTROL_IN and out on
+#: CONTROL_OUT, and the listening sockets follow from FIRST_LISTEN_FD.
+CONTROL_IN = 3
+CONTROL_OUT = 4
+FIRST_LISTEN_FD = 5
+
+
+def _stdout_fd() -> Any:
+    """The main process's fd 1 to hand down, or a pipe to drop output into when it is closed."""
+    try:
+        os.fstat(1)
+    except OSError:
+        return "r"
+    return 1
+
+
 class _Pipes:
-    """The worker process's stdin and stdout as a transport the control AMP can use."""
+    """The worker process's control pipes as a transport the control AMP can use."""
 
     def __init__(self, process: Any) -> None:
         self.process = process
 
     def write(self, data: bytes) -> None:
-        self.process.write(data)
+        self.process.writeToChild(CONTROL_IN, data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self.process.writeSequence(data)
+        self.process.writeToChild(CONTROL_IN, b"".join(data))
 
     def loseConnection(self) -> None:
-        self.process.closeStdin()
+        self.process.closeChildFD(CONTROL_IN)
 
     def getPeer(self) -> str:
         return f"worker pid {self.process.pid}"
@@ -293,10 +314,18 @@ class _Worker(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
+        try:
+            self.transport.closeChildFD(0)
+        except (KeyError, OSError):
+            pass
         self.amp.makeConnection(_Pipes(self.transport))
 
-    def outReceived(self, data: bytes) -> None:
-        self.amp.dataReceived(data)
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == CONTROL_OUT:
+            self.amp.dataReceived(data)
+        elif childFD == 2:
+            self.errReceived(data)
+        # fd 1 only when the main process's own stdout was closed: dropped
 
     def errReceived(self, data: bytes) -> None:
         *lines, self._error = (self._error + data).split(b"\n")
@@ -367,11 +396,11 @@ class Supervisor:
     def spawn(self, number: int) -> _Worker:
         self._restarts.pop(number, None)
         worker = _Worker(self, number)
-        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        child_fds: dict[int, Any] = {0: "w", 1: _stdout_fd(), 2: "r", CONTROL_IN: "w", CONTROL_OUT: "r"}
         listen = []
         for index, (description, fd) in enumerate(self.fds.items()):
-            child_fds[3 + index] = fd
-            listen.append(f"{description}={3 + index}")
+            child_fds[FIRST_LISTEN_FD + index] = fd
+            listen.append(f"{description}={FIRST_LISTEN_FD + index}")
         argv = self.command(number, listen)
         self.reactor.spawnProcess(worker, argv[0], argv, env=self.env, childFDs=child_fds)
         self.workers[number] = worker
@@ -865,8 +894,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     """
     A worker process: C{python -m sniproxy.workers --worker N --config FILE
     --dns-socket PATH --listen DESCRIPTION=FD ...}, started by the main
-    process's L{Supervisor} with the control AMP on its standard input and
-    output.
+    process's L{Supervisor} with the control AMP on fds 3 (in) and 4 (out).
     """
     parser = argparse.ArgumentParser(prog="python -m sniproxy.workers")
     parser.add_argument("--worker", type=int, required=True)
@@ -897,7 +925,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     control = _WorkerSide(service, reactor)
-    StandardIO(control, reactor=reactor)
+    StandardIO(control, stdin=CONTROL_IN, stdout=CONTROL_OUT, reactor=reactor)
     control.callRemote(Ready, pid=os.getpid()).addErrback(lambda _: None)
     reactor.run()
     return 0

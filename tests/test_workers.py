@@ -268,12 +268,14 @@ class DaemonWorkersTests(TestCase):
         self.config = os.path.join(self.dir, "sniproxy.toml")
         self.access = os.path.join(self.dir, "access.log")
 
-    def write_config(self, backend: int = 0) -> None:
+    def write_config(self, backend: int = 0, access: str | None = None, listen: str = "tcp:0:interface=127.0.0.1", extra: str = "") -> None:
+        if access is not None:
+            self.access = access
         with open(self.config, "w") as f:
             f.write(
                 f"""
 [proxy]
-listen = ["tcp:0:interface=127.0.0.1"]
+listen = ["{listen}"]
 workers = 2
 shutdown_timeout = 2
 [routing]
@@ -291,6 +293,7 @@ deadline = 2.0
 listen = "tcp:0:interface=127.0.0.1"
 [log]
 access = "{self.access}"
+{extra}
 """
             )
 
@@ -337,10 +340,22 @@ access = "{self.access}"
         yield client.done
         return data
 
+    def stdout_records(self) -> list[dict]:
+        """The access-log lines on the main process's output (C{access = "-"})."""
+        lines = []
+        for line in self.child.output.split(b"\n"):
+            if line.startswith(b"{"):
+                lines.append(json.loads(line))  # a whole line, or this fails
+        return lines
+
     @inlineCallbacks
     def records(self, count: int):
         for _ in range(500):
-            if os.path.exists(self.access):
+            if self.access == "-":
+                lines = self.stdout_records()
+                if len(lines) >= count:
+                    return lines
+            elif os.path.exists(self.access):
                 with open(self.access) as f:
                     lines = [json.loads(line) for line in f if line.strip()]
                 if len(lines) >= count:
@@ -392,6 +407,22 @@ access = "{self.access}"
         self.assertIn("2 of 2 serving", page)
         explained = json.loads((yield self.get("/explain?name=static.example.com")))
         self.assertIn(str(self.backends[0]), json.dumps(explained))
+
+    @inlineCallbacks
+    def test_access_log_on_standard_output(self):
+        """C{access = "-"}: the workers' lines reach the main process's stdout, whole; no worker restarts."""
+        self.write_config(access="-")
+        self.child = yield self.start()
+        self.before = 0
+        yield self.connect_until_both_workers("static.example.com")
+        lines = self.stdout_records()
+        self.assertEqual(len(lines), self.before)
+        self.assertEqual({line["outcome"] for line in lines}, {"relayed"})
+        self.assertEqual({line["worker"] for line in lines}, {1, 2})
+        metrics = (yield self.get("/metrics")).decode()
+        self.assertIn(f'sniproxy_connections_total{{outcome="relayed"}} {float(self.before)}', metrics)
+        self.assertNotIn(b"restarting it", self.child.output)
+        self.assertEqual(len(self.worker_pids(self.child)), 2)
 
     @inlineCallbacks
     def test_one_upstream_query_for_all_workers(self):

@@ -165,6 +165,10 @@ class ProxyService(MultiService):
         """The config this process runs with, from the file's (a worker shares the limits out)."""
         return config
 
+    def validate_file(self, path: str) -> Config:
+        """Read and validate the config file at C{path} for a reload (L{validate})."""
+        return validate(path, self.reactor)
+
     # -- starting and stopping
 
     def privilegedStartService(self) -> None:
@@ -266,7 +270,7 @@ class ProxyService(MultiService):
         """
         path = self.config_path
         try:
-            config = self.adjust_config(with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file))
+            config = self.adjust_config(with_dns_cache_file(self.validate_file(path), self.dns_cache_file))
             parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
             opened = self._open_new_ports(config)
         except (ConfigError, StartError) as error:

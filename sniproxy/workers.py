@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import tempfile
+import tomllib
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, exposition
@@ -49,7 +50,7 @@ import sniproxy
 from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
 from sniproxy.backends import BackendBoard, HealthState, InstanceStatus
-from sniproxy.config import Config, ConfigError
+from sniproxy.config import Config, ConfigError, parse_config
 from sniproxy.dns import reconfigure_dns, with_dns_cache_file
 from sniproxy.dns.service import DNSService
 from sniproxy.explain import explain
@@ -756,15 +757,69 @@ class WorkersService(MultiService):
         log.info("reload: {done} of {count} workers switched", done=done, count=len(answers))
 
 
+#: systemd's socket-activation variables: they describe the main
+#: process's sockets (C{LISTEN_PID} is its pid), never a worker's.
+_SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
 def _environment() -> dict[str, str]:
-    """The workers' environment: this one, with this copy of sniproxy first on the path."""
-    env = dict(os.environ)
+    """
+    The workers' environment: this one, with this copy of sniproxy first on
+    the path and without systemd's C{LISTEN_*} variables.
+    """
+    env = {name: value for name, value in os.environ.items() if name not in _SYSTEMD_VARIABLES}
     root = os.path.dirname(os.path.dirname(os.path.abspath(sniproxy.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
 # ---------------------------------------------------------------- the worker's side
+
+
+def _load_in_worker(path: str) -> Config:
+    """
+    L{load_config} without parsing the endpoint strings of C{proxy.listen}
+    and C{admin.listen}: only the main process binds them, and a
+    C{systemd:} one does not parse in a worker (systemd passed its sockets
+    to the main process; a worker's come from C{--listen}).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as error:
+        raise ConfigError(path, f"cannot read the config file: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ConfigError(path, f"not valid TOML: {error}") from None
+    proxy, admin = data.get("proxy"), data.get("admin")
+    listen = admin_listen = None
+    if isinstance(proxy, dict) and isinstance(proxy.get("listen"), list):
+        listen = proxy["listen"]
+        proxy["listen"] = [f"tcp:{index}" if isinstance(item, str) else item for index, item in enumerate(listen)]
+    if isinstance(admin, dict) and isinstance(admin.get("listen"), str):
+        admin_listen = admin["listen"]
+        admin["listen"] = "tcp:0" if admin_listen else ""
+    config = parse_config(data, path)
+    if listen is not None:
+        config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, listen=tuple(listen)))
+    if admin_listen is not None:
+        config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, listen=admin_listen))
+    return config
+
+
+def validate_in_worker(path: str, reactor: Any) -> Config:
+    """
+    L{validate} as a worker needs it: every key, the access log and the
+    router, but not the C{proxy.listen} and C{admin.listen} endpoints
+    (L{_load_in_worker}).
+    """
+    config = _load_in_worker(path)
+    bare = dataclasses.replace(
+        config,
+        proxy=dataclasses.replace(config.proxy, listen=()),
+        admin=dataclasses.replace(config.admin, listen=""),
+    )
+    validate(bare, reactor)
+    return config
 
 
 def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
@@ -813,6 +868,9 @@ class WorkerProxyService(ProxyService):
             for description, fd in self.fds.items():
                 self.ports[description] = _adopt(self.reactor, fd, self.factory)
         MultiService.privilegedStartService(self)
+
+    def validate_file(self, path: str) -> Config:
+        return validate_in_worker(path, self.reactor)
 
     def _open_new_ports(self, config: Config) -> dict[str, Any]:
         # New sockets come with a new set of workers (WorkersService.reload).
@@ -913,7 +971,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from twisted.internet.stdio import StandardIO
 
     try:
-        config = validate(options.config, reactor)
+        config = validate_in_worker(options.config, reactor)
     except (ConfigError, StartError) as error:
         print(f"config: {error}", file=sys.stderr)
         return 2

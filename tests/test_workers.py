@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 
@@ -29,7 +30,7 @@ import treq
 from sniproxy.config import ConfigError, parse_config
 from sniproxy.testing.clienthello import make_client_hello
 from sniproxy.testing.dns import DNSServer
-from sniproxy.testing.process import Twistd
+from sniproxy.testing.process import Twistd, child_environment, twistd_command
 from sniproxy.testing.tls import Collect
 from sniproxy.backends import HealthState, InstanceStatus
 from sniproxy.workers import FIRST_DELAY, MAX_DELAY, Supervisor, WorkerInstances, WorkerMetrics, instances_json, worker_count
@@ -90,6 +91,33 @@ sniproxy_backend_up{{app="a",address="127.0.0.1:1"}} {up}
 # TYPE sniproxy_dns_cache_hits_total counter
 sniproxy_dns_cache_hits_total 5.0
 """
+
+
+class WorkerStartTests(SynchronousTestCase):
+    def test_environment_has_no_systemd_variables(self):
+        from sniproxy.workers import _environment
+
+        self.patch(os, "environ", dict(os.environ, LISTEN_PID="1", LISTEN_FDS="1", LISTEN_FDNAMES="x"))
+        env = _environment()
+        self.assertFalse({"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} & set(env))
+        self.assertIn("PYTHONPATH", env)
+
+    def test_worker_validation_leaves_endpoints_alone(self):
+        """A worker reads systemd: endpoints (which it cannot parse) as they are, and every other key in full."""
+        from sniproxy.workers import validate_in_worker
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[proxy]\nlisten = ["systemd:domain=INET:index=0", "systemd:domain=INET:index=1"]\n'
+                    '[admin]\nlisten = "systemd:domain=INET:index=2"\n[log]\naccess = ""\n')
+        config = validate_in_worker(path, None)
+        self.assertEqual(config.proxy.listen, ("systemd:domain=INET:index=0", "systemd:domain=INET:index=1"))
+        self.assertEqual(config.admin.listen, "systemd:domain=INET:index=2")
+        with open(path, "a") as f:
+            f.write("[routing]\nbogus = 1\n")
+        with self.assertRaises(ConfigError) as caught:
+            validate_in_worker(path, None)
+        self.assertIn("bogus", str(caught.exception))
 
 
 class WorkerMetricsTests(SynchronousTestCase):
@@ -246,6 +274,21 @@ def _alive(pid: int) -> bool:
     return False
 
 
+class SystemdTwistd(Twistd):
+    """C{twistd -n sniproxy} given a listening socket as fd 3 the way systemd passes one."""
+
+    def __init__(self, config_path: str, fd: int) -> None:
+        super().__init__(config_path)
+        self.fd = fd
+
+    def start(self, reactor, *, cwd: str | None = None):
+        # $$ is the shell's pid, which exec keeps: LISTEN_PID names the main process.
+        argv = ["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=sniproxy exec "$@"', "sh"]
+        argv += twistd_command("-n", "--pidfile=", "sniproxy", "--config", self.config_path)
+        reactor.spawnProcess(self, argv[0], argv, env=child_environment(), path=cwd, childFDs={0: "w", 1: "r", 2: "r", 3: self.fd})
+        return self.listening
+
+
 class DaemonWorkersTests(TestCase):
     """C{twistd -n sniproxy} with C{workers = 2}."""
 
@@ -298,8 +341,9 @@ access = "{self.access}"
             )
 
     @inlineCallbacks
-    def start(self) -> Twistd:
-        child = Twistd(self.config)
+    def start(self, child: Twistd | None = None) -> Twistd:
+        if child is None:
+            child = Twistd(self.config)
         self.addCleanup(self.stop_child, child)
         serving = [child.wait_for(b"worker 1 (pid"), child.wait_for(b"worker 2 (pid")]
         yield child.start(reactor)
@@ -423,6 +467,32 @@ access = "{self.access}"
         self.assertIn(f'sniproxy_connections_total{{outcome="relayed"}} {float(self.before)}', metrics)
         self.assertNotIn(b"restarting it", self.child.output)
         self.assertEqual(len(self.worker_pids(self.child)), 2)
+
+    @inlineCallbacks
+    def test_systemd_socket(self):
+        """
+        C{systemd:domain=INET:index=0}, the socket passed as systemd does
+        (fd 3, C{LISTEN_FDS=1}, C{LISTEN_PID} the main process's pid): the
+        workers start, serve it and reload, never re-parsing the endpoint.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        port = sock.getsockname()[1]
+        self.write_config(listen="systemd:domain=INET:index=0")
+        self.child = yield self.start(SystemdTwistd(self.config, sock.fileno()))
+        sock.close()
+        self.assertEqual(self.child.port, port)
+        self.before = 0
+        yield self.connect_until_both_workers("static.example.com")
+        self.write_config(backend=1, listen="systemd:domain=INET:index=0")
+        reloaded = self.child.wait_for(b"reload: 2 of 2 workers switched")
+        self.child.signal("HUP")
+        yield reloaded
+        yield self.connect_until_both_workers("static.example.com", expect=b"hello from backend two")
+        self.assertNotIn(b"restarting it", self.child.output)
+        self.assertNotIn(b"failed to reload", self.child.output)
 
     @inlineCallbacks
     def test_one_upstream_query_for_all_workers(self):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
-__all__ = ["CHUNK", "Drain", "Exposition", "Ready", "Reload", "ReopenLogs"]
+__all__ = ["CHUNK", "Drain", "Exposition", "Ready", "Reload", "ReopenLogs", "UnknownSnapshot"]
 
 #: The most bytes of an exposition one L{Exposition} answer carries (an
 #: AMP value holds at most 65535).
@@ -44,13 +44,28 @@ class ReopenLogs(amp.Command):
     response: list = []
 
 
+class UnknownSnapshot(Exception):
+    """The worker no longer holds the snapshot an L{Exposition} names."""
+
+
 class Exposition(amp.Command):
     """
     Main to worker: your metrics registry's text exposition (C{kind}
     C{"metrics"}) or your backends board's instances as JSON (C{kind}
-    C{"instances"}), from byte C{offset} (0 renders it afresh), at most
-    L{CHUNK} bytes of it.
+    C{"instances"}), from byte C{offset}, at most L{CHUNK} bytes of it.
+
+    Offset 0 renders it afresh; when it is longer than one chunk, the
+    answer names the C{snapshot} it was taken into, and the requests for
+    the rest name it too, so that concurrent requests (a scrape and a
+    status page, two scrapes) never mix two renderings.  A snapshot the
+    worker dropped (it keeps a few, and each until its last chunk is
+    sent) is an L{UnknownSnapshot} error.
     """
 
-    arguments = [(b"offset", amp.Integer()), (b"kind", amp.Unicode(optional=True))]
-    response = [(b"data", amp.String()), (b"total", amp.Integer())]
+    arguments = [
+        (b"offset", amp.Integer()),
+        (b"kind", amp.Unicode(optional=True)),
+        (b"snapshot", amp.Integer(optional=True)),
+    ]
+    response = [(b"data", amp.String()), (b"total", amp.Integer()), (b"snapshot", amp.Integer(optional=True))]
+    errors = {UnknownSnapshot: b"UNKNOWN_SNAPSHOT"}

@@ -44,6 +44,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated, ReactorNotRun
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols import amp
 
 import sniproxy
@@ -57,7 +58,7 @@ from sniproxy.explain import explain
 from sniproxy.metrics import _DNSCollector
 from sniproxy.service import ProxyService, _listen
 from sniproxy.status import StatusCollector
-from sniproxy.workerproto import CHUNK, Drain, Exposition, Ready, Reload, ReopenLogs
+from sniproxy.workerproto import CHUNK, Drain, Exposition, Ready, Reload, ReopenLogs, UnknownSnapshot
 
 __all__ = [
     "Supervisor",
@@ -346,13 +347,22 @@ class _Worker(ProcessProtocol):
 
     @inlineCallbacks
     def exposition(self, kind: str = "metrics"):
+        """
+        The worker's exposition of C{kind}, whole, from one snapshot.
+
+        @raise ValueError: when the chunks do not add up to it.
+        """
         answer = yield self.call(Exposition, offset=0, kind=kind)
-        data, total = answer["data"], answer["total"]
+        data, total, snapshot = answer["data"], answer["total"], answer.get("snapshot")
         while len(data) < total:
-            more = yield self.call(Exposition, offset=len(data), kind=kind)
-            if not more["data"]:
-                break
+            if snapshot is None:
+                raise ValueError(f"worker {self.number} sent {len(data)} of {total} bytes and no snapshot")
+            more = yield self.call(Exposition, offset=len(data), kind=kind, snapshot=snapshot)
+            if not more["data"] or more["total"] != total:
+                raise ValueError(f"worker {self.number} sent {len(data)} of {total} bytes of its {kind}")
             data += more["data"]
+        if len(data) != total:
+            raise ValueError(f"worker {self.number} sent {len(data)} bytes of its {kind}, not {total}")
         return data.decode("utf-8")
 
 
@@ -566,6 +576,7 @@ class WorkersService(MultiService):
         self.admin_port = None
         self._restore_signals: list[tuple[int, Any]] = []
         self._terminating = False
+        self._refreshing: list[defer.Deferred[None]] | None = None
 
     @property
     def workers_status(self) -> tuple[int, int]:
@@ -643,12 +654,33 @@ class WorkersService(MultiService):
         self._restore_signals.clear()
 
     def _refresh(self) -> defer.Deferred[None]:
-        return defer.gatherResults(
+        """
+        Gather every worker's metrics and instances; a refresh asked for
+        while one is under way waits for that one (concurrent admin
+        requests share it).
+        """
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if self._refreshing is not None:
+            self._refreshing.append(waiter)
+            return waiter
+        waiters = self._refreshing = [waiter]
+
+        def finished(result: Any) -> None:
+            self._refreshing = None
+            for each in waiters:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(None)
+
+        defer.gatherResults(
             [
                 self.supervisor.expositions().addCallback(self.metrics.update),
                 self.supervisor.expositions("instances").addCallback(self.instances.update),
-            ]
-        ).addCallback(lambda _: None)
+            ],
+            consumeErrors=True,
+        ).addBoth(finished)
+        return waiter
 
     def _admin_site(self):
         return admin_site(
@@ -882,12 +914,17 @@ class WorkerProxyService(ProxyService):
         yield self.dns.stop()
 
 
+#: How many unfinished exposition snapshots a worker keeps (the oldest goes first).
+SNAPSHOTS = 8
+
+
 class _WorkerSide(amp.AMP):
     def __init__(self, service: WorkerProxyService, reactor: Any) -> None:
         super().__init__()
         self.service = service
         self.reactor = reactor
-        self._exposition = b""
+        self._snapshots: dict[int, bytes] = {}
+        self._last_snapshot = 0
 
     @Reload.responder
     def reload(self):
@@ -905,13 +942,26 @@ class _WorkerSide(amp.AMP):
         return {}
 
     @Exposition.responder
-    def exposition(self, offset: int, kind: str | None = None):
+    def exposition(self, offset: int, kind: str | None = None, snapshot: int | None = None):
         if offset == 0:
             if kind == "instances":
-                self._exposition = instances_json(self.service.backends.instances())
+                data = instances_json(self.service.backends.instances())
             else:
-                self._exposition = exposition.generate_latest(self.service.metrics.registry)
-        return {"data": self._exposition[offset : offset + CHUNK], "total": len(self._exposition)}
+                data = exposition.generate_latest(self.service.metrics.registry)
+            if len(data) <= CHUNK:
+                return {"data": data, "total": len(data)}
+            self._last_snapshot += 1
+            snapshot = self._last_snapshot
+            self._snapshots[snapshot] = data
+            while len(self._snapshots) > SNAPSHOTS:
+                del self._snapshots[next(iter(self._snapshots))]
+        else:
+            data = self._snapshots.get(snapshot) if snapshot is not None else None
+            if data is None:
+                raise UnknownSnapshot(f"no snapshot {snapshot}")
+        if offset + CHUNK >= len(data):
+            self._snapshots.pop(snapshot, None)
+        return {"data": data[offset : offset + CHUNK], "total": len(data), "snapshot": snapshot}
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)

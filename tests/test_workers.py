@@ -120,6 +120,56 @@ class WorkerStartTests(SynchronousTestCase):
         self.assertIn("bogus", str(caught.exception))
 
 
+class ExpositionTests(SynchronousTestCase):
+    """The chunked exposition: snapshots on the worker's side, whole or failed on the main's."""
+
+    def worker_side(self, rows):
+        from types import SimpleNamespace
+
+        from sniproxy.workers import _WorkerSide
+
+        service = SimpleNamespace(backends=SimpleNamespace(instances=lambda: list(rows)))
+        return _WorkerSide(service, None)
+
+    def row(self, n):
+        return InstanceStatus(f"app{n}", f"127.0.0.1:{n}", HealthState.UP, None, 0, n, 0, 0, 0, 0)
+
+    def test_concurrent_snapshots_do_not_mix(self):
+        from sniproxy.workerproto import CHUNK, UnknownSnapshot
+
+        rows = [self.row(n) for n in range(1000)]
+        side = self.worker_side(rows)
+        first = side.exposition(0, "instances")
+        rows[:] = [self.row(n) for n in range(2000, 2600)]
+        second = side.exposition(0, "instances")
+        self.assertNotEqual(first["snapshot"], second["snapshot"])
+        for answer in (first, second):
+            data = answer["data"]
+            while len(data) < answer["total"]:
+                data += side.exposition(len(data), "instances", answer["snapshot"])["data"]
+            self.assertGreater(len(data), CHUNK)
+            self.assertEqual({len(json.loads(data))}, {1000 if answer is first else 600})
+        # Each snapshot goes with its last chunk.
+        self.assertEqual(side._snapshots, {})
+        self.assertRaises(UnknownSnapshot, side.exposition, CHUNK, "instances", first["snapshot"])
+
+    def test_short_data_fails(self):
+        from types import SimpleNamespace
+
+        from twisted.internet.defer import succeed
+
+        from sniproxy.workers import _Worker
+
+        worker = _Worker(SimpleNamespace(clock=Clock()), 1)
+        answers = [{"data": b"x" * 10, "total": 30, "snapshot": 1}, {"data": b"", "total": 30, "snapshot": 1}]
+        worker.call = lambda command, **arguments: succeed(answers.pop(0))
+        self.failureResultOf(worker.exposition("metrics"), ValueError)
+        answers = [{"data": b"x" * 10, "total": 30, "snapshot": None}]
+        self.failureResultOf(worker.exposition("metrics"), ValueError)
+        answers = [{"data": b"x" * 10, "total": 20, "snapshot": 2}, {"data": b"y" * 10, "total": 20, "snapshot": 2}]
+        self.assertEqual(self.successResultOf(worker.exposition("metrics")), "x" * 10 + "y" * 10)
+
+
 class WorkerMetricsTests(SynchronousTestCase):
     def test_sums_by_name_and_labels(self):
         metrics = WorkerMetrics()
@@ -493,6 +543,40 @@ access = "{self.access}"
         yield self.connect_until_both_workers("static.example.com", expect=b"hello from backend two")
         self.assertNotIn(b"restarting it", self.child.output)
         self.assertNotIn(b"failed to reload", self.child.output)
+
+    @inlineCallbacks
+    def test_concurrent_large_expositions(self):
+        """
+        Expositions of several chunks each: concurrent /metrics and
+        /status.json requests (each asking both kinds of every worker)
+        all answer 200 with every app, never a mix of two renderings.
+        """
+        apps = 500
+        self.write_config(extra="".join(
+            f'[apps.many{i}]\nbackends = ["127.0.0.1:{1000 + i}"]\n' for i in range(apps)
+        ))
+        self.child = yield self.start()
+
+        @inlineCallbacks
+        def fetch(path):
+            response = yield treq.get(f"http://127.0.0.1:{self.admin}{path}", persistent=False)
+            body = yield treq.content(response)
+            return response.code, body
+
+        for _ in range(3):
+            answers = yield gatherResults([fetch(p) for p in ("/metrics", "/status.json") * 3])
+            self.assertEqual([code for code, _ in answers], [200] * 6, answers[0][1][:500])
+            for path, (_, body) in zip(("/metrics", "/status.json") * 3, answers):
+                if path == "/metrics":
+                    text = body.decode()
+                    for i in (0, apps // 2, apps - 1):
+                        self.assertIn(f'sniproxy_backend_up{{address="127.0.0.1:{1000 + i}",app="many{i}"}} 1.0', text)
+                else:
+                    from sniproxy.status import MAX_INSTANCES
+
+                    instances = json.loads(body)["apps"]["instances"]
+                    self.assertEqual(len(instances), MAX_INSTANCES)  # of apps + 1, all summed
+                    self.assertEqual({i["total"] for i in instances}, {0})
 
     @inlineCallbacks
     def test_one_upstream_query_for_all_workers(self):

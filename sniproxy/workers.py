@@ -639,9 +639,14 @@ class WorkersService(MultiService):
         if self.admin_port is not None:
             yield maybeDeferred(self.admin_port.stopListening)
             self.admin_port = None
-        yield self.supervisor.stop(self.config.proxy.shutdown_timeout)
+        # The workers stop accepting on Drain (sent now); this process's
+        # copies of the sockets close right after, so that once the
+        # workers' are closed too the kernel refuses new connections
+        # instead of completing handshakes nobody will accept.
+        drained = self.supervisor.stop(self.config.proxy.shutdown_timeout)
         ports, self.ports = list(self.ports.values()), {}
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        yield drained
         if self.owner is not None:
             yield maybeDeferred(self.owner.stop)
         yield super().stopService()

@@ -361,7 +361,14 @@ class DaemonWorkersTests(TestCase):
         self.config = os.path.join(self.dir, "sniproxy.toml")
         self.access = os.path.join(self.dir, "access.log")
 
-    def write_config(self, backend: int = 0, access: str | None = None, listen: str = "tcp:0:interface=127.0.0.1", extra: str = "") -> None:
+    def write_config(
+        self,
+        backend: int = 0,
+        access: str | None = None,
+        listen: str = "tcp:0:interface=127.0.0.1",
+        extra: str = "",
+        shutdown_timeout: float = 2,
+    ) -> None:
         if access is not None:
             self.access = access
         with open(self.config, "w") as f:
@@ -370,7 +377,7 @@ class DaemonWorkersTests(TestCase):
 [proxy]
 listen = ["{listen}"]
 workers = 2
-shutdown_timeout = 2
+shutdown_timeout = {shutdown_timeout}
 [routing]
 sources = ["static", "txt"]
 [routing.static]
@@ -660,6 +667,37 @@ access = "{self.access}"
         if runtime is not None:
             self.assertFalse(os.path.exists(runtime.group(1).decode()))
         self.assertNotIn(b"Traceback", self.child.output)
+
+    @inlineCallbacks
+    def test_sigterm_refuses_new_connections_while_draining(self):
+        """After SIGTERM a new connect is refused at once, while a held connection still drains."""
+        from twisted.internet.error import ConnectionRefusedError
+
+        self.write_config(shutdown_timeout=10)
+        self.child = yield self.start()
+        held = Client()
+        protocol = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.child.port), held)
+        protocol.transport.write(make_client_hello("static.example.com"))
+        self.assertEqual((yield held.until(len(GREETING))), GREETING)
+        self.child.signal("TERM")
+        refused = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                probe = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.child.port), Protocol())
+            except ConnectionRefusedError:
+                refused = True
+                break
+            probe.transport.abortConnection()
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(refused, "new connections were still accepted into the backlog")
+        self.assertFalse(held.done.called)  # still relaying
+        protocol.transport.write(b"x")
+        self.assertFalse(self.child.ended.called)
+        protocol.transport.loseConnection()
+        yield held.done
+        code = yield self.child.ended
+        self.assertEqual(code, 0, self.child.output.decode(errors="replace"))
 
     @inlineCallbacks
     def test_sigusr1_reopens_every_workers_log(self):

@@ -24,9 +24,13 @@ class Ready(amp.Command):
 
 
 class Reload(amp.Command):
-    """Main to worker: re-read the (already validated) config file and apply it."""
+    """
+    Main to worker: read the config file C{config} (the main process's
+    copy of the config it validated, C{config-<generation>.toml} in its
+    runtime directory) and apply it.
+    """
 
-    arguments: list = []
+    arguments = [(b"config", amp.Unicode(optional=True))]
     response = [(b"ok", amp.Boolean()), (b"error", amp.Unicode(optional=True))]
 
 

@@ -535,9 +535,14 @@ class WorkersService(MultiService):
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.dns_cache_file = dns_cache_file
+        self.config_bytes = self._started_bytes(config)
         config = with_dns_cache_file(config, dns_cache_file)
         self.config = config
         self.config_path = config.path
+        #: the workers' config: the bytes validated here, written to
+        #: C{runtime_dir/config-<generation>.toml} (L{_write_generation}).
+        self.generation = 0
+        self.worker_config: str | None = None
         self.loaded_at = self.clock.seconds()
         self.last_reload_error: str | None = None
         self.handle_signals = handle_signals
@@ -578,13 +583,44 @@ class WorkersService(MultiService):
         self._terminating = False
         self._refreshing: list[defer.Deferred[None]] | None = None
 
+    @staticmethod
+    def _started_bytes(config: Config) -> bytes | None:
+        """The config file's bytes, as validated before this service was made (C{None}: no file)."""
+        if not config.path:
+            return None
+        data, again = read_config(config.path)
+        if again != config:
+            # Edited between twistd's validation and now: the workers get
+            # what this process runs with only if the bytes still match.
+            raise StartError(f"{config.path} changed while sniproxy started; start it again")
+        return data
+
+    def _write_generation(self, data: bytes | None) -> str:
+        """Write the validated C{data} as the next generation for the workers; its path."""
+        if data is None:
+            return self.config_path
+        generation = self.generation + 1
+        path = os.path.join(self.runtime_dir or "", f"config-{generation}.toml")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        # Keep the one before too: a worker spawned just now may not have read it yet.
+        stale = os.path.join(self.runtime_dir or "", f"config-{generation - 2}.toml")
+        if generation > 2 and os.path.exists(stale):
+            os.unlink(stale)
+        self.generation, self.worker_config = generation, path
+        return path
+
     @property
     def workers_status(self) -> tuple[int, int]:
         """(workers configured, workers serving), for the status page."""
         return self.supervisor.count, sum(1 for worker in self.supervisor.workers.values() if worker.ready)
 
     def _command(self, number: int, listen: list[str]) -> list[str]:
-        argv = [sys.executable, "-m", "sniproxy.workers", "--worker", str(number), "--config", self.config_path]
+        argv = [sys.executable, "-m", "sniproxy.workers", "--worker", str(number)]
+        argv += ["--config", self.worker_config or self.config_path, "--config-name", self.config_path]
         argv += ["--dns-socket", self._socket_path(), "--workers", str(self.supervisor.count)]
         for item in listen:
             argv += ["--listen", item]
@@ -615,6 +651,8 @@ class WorkersService(MultiService):
         # belong to the user the proxy runs as.
         self.runtime_dir = tempfile.mkdtemp(prefix="sniproxy-", dir=os.environ.get("RUNTIME_DIRECTORY") or None)
         os.chmod(self.runtime_dir, 0o700)
+        self._write_generation(self.config_bytes)
+        self.config_bytes = None
         from sniproxy.dns.shared import DNSOwner
 
         self.owner = DNSOwner(self.dns, self.reactor)
@@ -738,7 +776,8 @@ class WorkersService(MultiService):
         path = self.config_path
         opened: dict[str, Any] = {}
         try:
-            config = with_dns_cache_file(validate(path, self.reactor), self.dns_cache_file)
+            data, config = read_config(path)
+            config = with_dns_cache_file(validate(config, self.reactor), self.dns_cache_file)
             parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
             for description in config.proxy.listen:
                 if description not in self.ports:
@@ -746,6 +785,8 @@ class WorkersService(MultiService):
             admin = None
             if config.admin.listen and config.admin.listen != self.config.admin.listen:
                 admin = _listen(self.reactor, config.admin.listen, self._admin_site())
+            # What every worker reads from now on (spawn, restart, Reload).
+            generation = self._write_generation(data)
         except (ConfigError, StartError) as error:
             for port in opened.values():
                 port.stopListening()
@@ -780,7 +821,7 @@ class WorkersService(MultiService):
                 {description: _fd(port) for description, port in self.ports.items()}, count, old.proxy.shutdown_timeout
             )
         else:
-            self.supervisor.call(Reload).addCallback(self._reloaded)
+            self.supervisor.call(Reload, config=generation).addCallback(self._reloaded)
         log.info("reloaded {path}", path=path)
         return True
 
@@ -813,20 +854,44 @@ def _environment() -> dict[str, str]:
 # ---------------------------------------------------------------- the worker's side
 
 
-def _load_in_worker(path: str) -> Config:
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise ConfigError(path, f"cannot read the config file: {error.strerror}") from None
+
+
+def _parse_toml(name: str, data: bytes) -> dict[str, Any]:
+    """C{data} as TOML, with L{sniproxy.config.load_config}'s errors, naming the file C{name}."""
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(name, f"not valid TOML: not UTF-8 (byte {error.start} of the file)") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(name, f"not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(name, "not valid TOML: arrays or inline tables nested too deeply") from None
+
+
+def read_config(path: str) -> tuple[bytes, Config]:
+    """The config file's bytes, read once, and the L{Config} they make (not yet L{validate}d)."""
+    data = _read_file(path)
+    return data, parse_config(_parse_toml(path, data), path)
+
+
+def _load_in_worker(path: str, name: str | None = None) -> Config:
     """
     L{load_config} without parsing the endpoint strings of C{proxy.listen}
     and C{admin.listen}: only the main process binds them, and a
     C{systemd:} one does not parse in a worker (systemd passed its sockets
     to the main process; a worker's come from C{--listen}).
+
+    @param name: the path the config is known by (C{Config.path}), when
+        C{path} is the main process's copy of it.
     """
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as error:
-        raise ConfigError(path, f"cannot read the config file: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise ConfigError(path, f"not valid TOML: {error}") from None
+    name = name or path
+    data = _parse_toml(name, _read_file(path))
     proxy, admin = data.get("proxy"), data.get("admin")
     listen = admin_listen = None
     if isinstance(proxy, dict) and isinstance(proxy.get("listen"), list):
@@ -835,7 +900,7 @@ def _load_in_worker(path: str) -> Config:
     if isinstance(admin, dict) and isinstance(admin.get("listen"), str):
         admin_listen = admin["listen"]
         admin["listen"] = "tcp:0" if admin_listen else ""
-    config = parse_config(data, path)
+    config = parse_config(data, name)
     if listen is not None:
         config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, listen=tuple(listen)))
     if admin_listen is not None:
@@ -843,13 +908,13 @@ def _load_in_worker(path: str) -> Config:
     return config
 
 
-def validate_in_worker(path: str, reactor: Any) -> Config:
+def validate_in_worker(path: str, reactor: Any, name: str | None = None) -> Config:
     """
     L{validate} as a worker needs it: every key, the access log and the
     router, but not the C{proxy.listen} and C{admin.listen} endpoints
     (L{_load_in_worker}).
     """
-    config = _load_in_worker(path)
+    config = _load_in_worker(path, name)
     bare = dataclasses.replace(
         config,
         proxy=dataclasses.replace(config.proxy, listen=()),
@@ -883,11 +948,21 @@ class WorkerProxyService(ProxyService):
     """
 
     def __init__(
-        self, config: Config, fds: dict[str, int], dns_owner: str, worker: int, reactor: Any = None, share: int = 1
+        self,
+        config: Config,
+        fds: dict[str, int],
+        dns_owner: str,
+        worker: int,
+        reactor: Any = None,
+        share: int = 1,
+        config_file: str | None = None,
     ) -> None:
         self.share = share
         super().__init__(config, reactor, dns_owner=dns_owner, worker=worker)
         self.fds = fds
+        #: the file read at a reload: the main process's copy of the
+        #: config it validated (C{config_path} is the name it goes by).
+        self.config_file = config_file or self.config_path
 
     def adjust_config(self, config: Config) -> Config:
         proxy = config.proxy
@@ -907,7 +982,7 @@ class WorkerProxyService(ProxyService):
         MultiService.privilegedStartService(self)
 
     def validate_file(self, path: str) -> Config:
-        return validate_in_worker(path, self.reactor)
+        return validate_in_worker(self.config_file, self.reactor, name=path)
 
     def _open_new_ports(self, config: Config) -> dict[str, Any]:
         # New sockets come with a new set of workers (WorkersService.reload).
@@ -932,8 +1007,13 @@ class _WorkerSide(amp.AMP):
         self._last_snapshot = 0
 
     @Reload.responder
-    def reload(self):
+    def reload(self, config: str | None = None):
+        previous = self.service.config_file
+        if config:
+            self.service.config_file = config
         ok = self.service.reload()
+        if not ok:
+            self.service.config_file = previous
         return {"ok": ok, "error": self.service.last_reload_error}
 
     @Drain.responder
@@ -1011,7 +1091,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m sniproxy.workers")
     parser.add_argument("--worker", type=int, required=True)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="the main process's copy of the config it validated")
+    parser.add_argument("--config-name", default=None, help="the config file's own path (for the logs and status)")
     parser.add_argument("--dns-socket", required=True)
     parser.add_argument("--listen", action="append", default=[])
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the connection limits")
@@ -1026,7 +1107,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from twisted.internet.stdio import StandardIO
 
     try:
-        config = validate_in_worker(options.config, reactor)
+        config = validate_in_worker(options.config, reactor, name=options.config_name)
     except (ConfigError, StartError) as error:
         print(f"config: {error}", file=sys.stderr)
         return 2
@@ -1034,7 +1115,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     for item in options.listen:
         description, _, fd = item.rpartition("=")
         fds[description] = int(fd)
-    service = WorkerProxyService(config, fds, options.dns_socket, options.worker, reactor, share=options.workers)
+    service = WorkerProxyService(
+        config, fds, options.dns_socket, options.worker, reactor, share=options.workers, config_file=options.config
+    )
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     control = _WorkerSide(service, reactor)

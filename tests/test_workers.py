@@ -633,6 +633,36 @@ access = "{self.access}"
         self.assertFalse(_alive(first))
 
     @inlineCallbacks
+    def test_restarted_worker_runs_the_validated_config(self):
+        """
+        A file edited without a reload never reaches a restarted worker:
+        workers read the main process's copy of what it validated
+        (C{config-<generation>.toml}, mode 0600), and a reload writes the next.
+        """
+        self.write_config(backend=0)
+        self.child = yield self.start()
+        runtime = re.search(rb"UNIXAddress\('([^']+)/dns.sock'\)", self.child.output).group(1).decode()
+        first = os.path.join(runtime, "config-1.toml")
+        self.assertEqual(os.stat(first).st_mode & 0o777, 0o600)
+        self.write_config(backend=1)  # no SIGHUP
+        with open(first) as f:
+            self.assertIn(str(self.backends[0]), f.read())
+        pid = self.worker_pids(self.child)[0]
+        replaced = self.child.wait_for(b"was killed by signal SIGKILL")
+        os.kill(pid, signal.SIGKILL)
+        yield replaced
+        yield self.wait_serving(self.child, 3)
+        self.before = 0
+        yield self.connect_until_both_workers("static.example.com")
+        self.assertIn(f"--config-name {self.config}".encode(), open(f"/proc/{self.worker_pids(self.child)[-1]}/cmdline", "rb").read().replace(b"\0", b" "))
+        reloaded = self.child.wait_for(b"reload: 2 of 2 workers switched")
+        self.child.signal("HUP")
+        yield reloaded
+        self.assertTrue(os.path.exists(os.path.join(runtime, "config-2.toml")))
+        yield self.connect_until_both_workers("static.example.com", expect=b"hello from backend two")
+        self.assertIn(f"reloaded {self.config}".encode(), self.child.output)
+
+    @inlineCallbacks
     def test_sighup_changes_the_route_in_every_worker(self):
         """SIGHUP: every worker routes by the new file; a bad file changes nothing and names the key."""
         self.write_config(backend=0)

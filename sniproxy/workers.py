@@ -77,6 +77,10 @@ FIRST_DELAY = 0.1
 MAX_DELAY = 10.0
 STABLE = 30.0
 
+#: Seconds a worker has to send its whole exposition before it is left out
+#: of a scrape (a wedged worker must not hang the admin endpoint).
+EXPOSITION_TIMEOUT = 2.0
+
 
 def worker_count(config: Config) -> int:
     """How many processes serve: C{proxy.workers}, with 0 meaning one per CPU core."""
@@ -401,6 +405,7 @@ class Supervisor:
         self.stopping = False
 
     def start(self) -> None:
+        self.stopping = False
         for number in range(1, self.count + 1):
             self.spawn(number)
 
@@ -412,8 +417,12 @@ class Supervisor:
         for index, (description, fd) in enumerate(self.fds.items()):
             child_fds[FIRST_LISTEN_FD + index] = fd
             listen.append(f"{description}={FIRST_LISTEN_FD + index}")
-        argv = self.command(number, listen)
-        self.reactor.spawnProcess(worker, argv[0], argv, env=self.env, childFDs=child_fds)
+        try:
+            argv = self.command(number, listen)
+            self.reactor.spawnProcess(worker, argv[0], argv, env=self.env, childFDs=child_fds)
+        except Exception as error:  # out of processes or descriptors, say
+            self._schedule(number, f"could not be started ({type(error).__name__}: {error})")
+            return worker
         self.workers[number] = worker
         log.info("worker {worker} started (pid {pid})", worker=number, pid=worker.pid)
         return worker
@@ -427,17 +436,16 @@ class Supervisor:
         del self.workers[worker.number]
         if self.stopping:
             return
-        number = worker.number
         if self.clock.seconds() - worker.started >= STABLE:
-            self._delays[number] = FIRST_DELAY
+            self._delays[worker.number] = FIRST_DELAY
+        self._schedule(worker.number, f"(pid {worker.pid}) {_how(reason)}", " (its connections are lost)")
+
+    def _schedule(self, number: int, what: str, lost: str = "") -> None:
+        """Log what happened to worker C{number} and start it again after its back-off."""
         delay = self._delays.get(number, FIRST_DELAY)
         self._delays[number] = min(delay * 2, MAX_DELAY)
         log.warn(
-            "worker {worker} (pid {pid}) {how}; restarting it in {delay:g}s (its connections are lost)",
-            worker=number,
-            pid=worker.pid,
-            how=_how(reason),
-            delay=delay,
+            "worker {worker} {what}; restarting it in {delay:g}s{lost}", worker=number, what=what, delay=delay, lost=lost
         )
         self._restarts[number] = self.clock.callLater(delay, self.spawn, number)
 
@@ -455,9 +463,19 @@ class Supervisor:
         """
         Every serving worker's metrics exposition, or (C{kind}
         C{"instances"}) its board's instances as JSON; a worker that fails
-        to answer is left out.
+        to answer, or has not within L{EXPOSITION_TIMEOUT}, is left out.
         """
-        calls = [worker.exposition(kind).addErrback(lambda _: None) for worker in self.workers.values() if worker.ready]
+
+        def left_out(failure: Any, worker: _Worker) -> None:
+            log.warn(
+                "worker {worker} gave no {kind} (left out): {error}", worker=worker.number, kind=kind, error=failure.value
+            )
+
+        calls = [
+            worker.exposition(kind).addTimeout(EXPOSITION_TIMEOUT, self.clock).addErrback(left_out, worker)
+            for worker in self.workers.values()
+            if worker.ready
+        ]
         return defer.gatherResults(calls).addCallback(lambda texts: [text for text in texts if text is not None])
 
     def _retire(self, worker: _Worker, timeout: float) -> defer.Deferred[None]:
@@ -509,6 +527,16 @@ class _NoAccept(Factory):
 
 def _fd(port: Any) -> int:
     return port.fileno()
+
+
+def _close(ports: dict[str, Any]) -> None:
+    """Stop listening on every port of C{ports} (those a failed reload bound), and forget them."""
+    for port in ports.values():
+        try:
+            port.stopListening()
+        except Exception:
+            log.failure("cannot close a port a failed reload opened")
+    ports.clear()
 
 
 class WorkersService(MultiService):
@@ -779,51 +807,68 @@ class WorkersService(MultiService):
             data, config = read_config(path)
             config = with_dns_cache_file(validate(config, self.reactor), self.dns_cache_file)
             parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
-            for description in config.proxy.listen:
-                if description not in self.ports:
-                    opened[description] = self._bind(description)
-            admin = None
-            if config.admin.listen and config.admin.listen != self.config.admin.listen:
-                admin = _listen(self.reactor, config.admin.listen, self._admin_site())
+            opened = self._open_new_ports(config)
             # What every worker reads from now on (spawn, restart, Reload).
             generation = self._write_generation(data)
         except (ConfigError, StartError) as error:
-            for port in opened.values():
-                port.stopListening()
+            _close(opened)
             self.last_reload_error = str(error)
             log.error("reload of {path} failed, keeping the running config: {error}", path=path, error=str(error))
             return False
         except Exception as error:
+            _close(opened)
             self.last_reload_error = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
             log.failure("reload of {path} failed, keeping the running config", path=path)
             return False
         old, self.config = self.config, config
         self.loaded_at = self.clock.seconds()
         self.last_reload_error = None
-        self.backends.configure(config)
-        changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
-        self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
-        if changed:
-            log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
-        self.dns.prefetch(parts.warm_names)
-        if admin is not None or not config.admin.listen:
-            if self.admin_port is not None:
-                self.admin_port.stopListening()
-            self.admin_port = admin
-        closed = [d for d in self.ports if d not in config.proxy.listen]
-        count = worker_count(config)
-        if opened or closed or count != self.supervisor.count:
-            for description in closed:
-                self.ports.pop(description).stopListening()
-            self.ports.update(opened)
-            log.info("reload: new listening sockets or worker count: starting {count} new workers", count=count)
-            self.supervisor.replace(
-                {description: _fd(port) for description, port in self.ports.items()}, count, old.proxy.shutdown_timeout
-            )
-        else:
-            self.supervisor.call(Reload, config=generation).addCallback(self._reloaded)
+        try:
+            self.backends.configure(config)
+            admin = opened.pop("", None)
+            if admin is not None or not config.admin.listen:
+                if self.admin_port is not None:
+                    self.admin_port.stopListening()
+                self.admin_port = admin
+            closed = [d for d in self.ports if d not in config.proxy.listen]
+            count = worker_count(config)
+            if opened or closed or count != self.supervisor.count:
+                for description in closed:
+                    self.ports.pop(description).stopListening()
+                self.ports.update(opened)
+                log.info("reload: new listening sockets or worker count: starting {count} new workers", count=count)
+                self.supervisor.replace(
+                    {description: _fd(port) for description, port in self.ports.items()}, count, old.proxy.shutdown_timeout
+                )
+            else:
+                self.supervisor.call(Reload, config=generation).addCallback(self._reloaded)
+            changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
+            self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
+            if changed:
+                log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
+            self.dns.prefetch(parts.warm_names)
+        except Exception as error:
+            # The new config is in force here already: say what did not
+            # follow, rather than leave a half-applied reload unsaid.
+            self.last_reload_error = f"applied partially: {type(error).__name__}: {error}".splitlines()[0]
+            log.failure("reload of {path} applied partially", path=path)
+            return False
         log.info("reloaded {path}", path=path)
         return True
+
+    def _open_new_ports(self, config: Config) -> dict[str, Any]:
+        """Bind C{config}'s new proxy ports (by endpoint) and new admin endpoint (key C{""}); all or none."""
+        opened: dict[str, Any] = {}
+        try:
+            for description in config.proxy.listen:
+                if description not in self.ports:
+                    opened[description] = self._bind(description)
+            if config.admin.listen and config.admin.listen != self.config.admin.listen:
+                opened[""] = _listen(self.reactor, config.admin.listen, self._admin_site())
+        except Exception:
+            _close(opened)
+            raise
+        return opened
 
     def _reloaded(self, answers: list[tuple[int, Any]]) -> None:
         done = 0

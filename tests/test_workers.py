@@ -291,6 +291,108 @@ class SupervisorTests(TestCase):
         yield supervisor.stop(0)
 
 
+class SupervisorFaultTests(SynchronousTestCase):
+    """A wedged worker, a failed spawn, a failed reload: no hang, a retry, nothing left bound."""
+
+    def test_wedged_worker_is_left_out_of_expositions(self):
+        from types import SimpleNamespace
+
+        from twisted.internet.defer import Deferred, succeed
+
+        from sniproxy.workers import EXPOSITION_TIMEOUT
+
+        clock = Clock()
+        supervisor = Supervisor(None, 2, lambda number, listen: [], {}, clock=clock)
+        wedged = Deferred()
+        supervisor.workers = {
+            1: SimpleNamespace(number=1, ready=True, exposition=lambda kind: wedged),
+            2: SimpleNamespace(number=2, ready=True, exposition=lambda kind: succeed("two")),
+        }
+        texts = supervisor.expositions()
+        self.assertNoResult(texts)
+        clock.advance(EXPOSITION_TIMEOUT)
+        self.assertEqual(self.successResultOf(texts), ["two"])
+
+    def test_failed_spawn_is_retried_with_the_backoff(self):
+        from types import SimpleNamespace
+
+        clock = Clock()
+        attempts = []
+
+        def spawnProcess(*args, **kwargs):
+            attempts.append(clock.seconds())
+            raise OSError(11, "Resource temporarily unavailable")
+
+        supervisor = Supervisor(SimpleNamespace(spawnProcess=spawnProcess), 1, lambda n, l: ["python"], {}, clock=clock)
+        supervisor.stopping = True  # a previous stop
+        supervisor.start()
+        self.assertFalse(supervisor.stopping)
+        self.assertEqual(supervisor.workers, {})
+        for _ in range(3):
+            clock.advance(supervisor._restarts[1].getTime() - clock.seconds())
+        self.assertEqual(attempts, [0, FIRST_DELAY, FIRST_DELAY * 3, FIRST_DELAY * 7])
+        supervisor.stop(0)
+        self.assertEqual(supervisor._restarts, {})
+
+    def service(self, listen: str = "tcp:0:interface=127.0.0.1"):
+        from sniproxy.assembly import validate
+        from sniproxy.workers import WorkersService
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f'[proxy]\nlisten = ["{listen}"]\nworkers = 2\n[log]\naccess = ""\n')
+        service = WorkersService(validate(path), reactor=reactor, clock=Clock())
+        self.addCleanup(service.resolver_threads.stop)
+        return service, path
+
+    def test_reload_internal_error_closes_what_it_bound(self):
+        from types import SimpleNamespace
+
+        service, path = self.service()
+        closed = []
+        service._bind = lambda description: SimpleNamespace(stopListening=lambda: closed.append(description))
+        import sniproxy.workers
+
+        self.patch(
+            sniproxy.workers, "_listen",
+            lambda reactor, description, factory: SimpleNamespace(stopListening=lambda: closed.append("admin")),
+        )
+
+        def broken(data):
+            raise OSError(28, "No space left on device")
+
+        service._write_generation = broken
+        with open(path, "a") as f:
+            f.write('[admin]\nlisten = "tcp:0:interface=127.0.0.1"\n')
+        with open(path) as f:
+            text = f.read().replace('listen = ["tcp:0:interface=127.0.0.1"]', 'listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=9"]')
+        with open(path, "w") as f:
+            f.write(text)
+        before = service.config
+        self.assertFalse(service.reload())
+        self.assertTrue(service.last_reload_error.startswith("internal error: OSError"), service.last_reload_error)
+        self.assertEqual(closed, ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=9", "admin"])
+        self.assertIs(service.config, before)
+        self.assertIsNone(service.admin_port)
+        self.flushLoggedErrors(OSError)
+
+    def test_reload_failing_after_the_switch_says_partially(self):
+        service, path = self.service()
+        service.ports = {"tcp:0:interface=127.0.0.1": object()}
+        service._write_generation = lambda data: path
+
+        def broken(*args):
+            raise RuntimeError("cache file")
+
+        service.dns_service.reconfigure = broken
+        from twisted.internet.defer import succeed
+
+        service.supervisor.call = lambda command, **arguments: succeed([])
+        self.assertFalse(service.reload())
+        self.assertTrue(service.last_reload_error.startswith("applied partially: RuntimeError"), service.last_reload_error)
+        self.flushLoggedErrors(RuntimeError)
+
+
 GREETING = b"hello from the backend"
 
 

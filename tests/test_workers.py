@@ -345,6 +345,31 @@ class SupervisorFaultTests(SynchronousTestCase):
         self.addCleanup(service.resolver_threads.stop)
         return service, path
 
+    def test_concurrent_refreshes_share_one_gathering(self):
+        from twisted.internet.defer import Deferred
+
+        service, _ = self.service()
+        asked = []
+
+        def expositions(kind="metrics"):
+            asked.append(Deferred())
+            return asked[-1]
+
+        service.supervisor.expositions = expositions
+        first, second = service._refresh(), service._refresh()
+        self.assertEqual(len(asked), 2)  # metrics and instances, once
+        asked[0].callback([EXPOSITION.format(relayed=3, live=0, up=1)])
+        asked[1].callback([])
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (None, None))
+        self.assertEqual(service.metrics.live(), 0)
+        self.assertIn("sniproxy_connections", service.metrics.families)
+        third = service._refresh()
+        self.assertEqual(len(asked), 4)  # a new one once that one is done
+        self.assertNoResult(third)
+        asked[2].errback(ValueError("boom"))
+        asked[3].callback([])
+        self.failureResultOf(third)
+
     def test_reload_internal_error_closes_what_it_bound(self):
         from types import SimpleNamespace
 

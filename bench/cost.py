@@ -42,7 +42,6 @@ samples included) in C{--json} (default C{bench/results/cost.json}).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import pstats
@@ -58,7 +57,7 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import clients, peers, stats, topology  # noqa: E402
-from bench.harness import ROOT, START_BOUND, Harness, MachineLoad, cpu_seconds  # noqa: E402
+from bench.harness import ROOT, START_BOUND, Harness, MachineLoad, cpu_ns, cpu_seconds  # noqa: E402
 from bench.report import metadata  # noqa: E402
 from sniproxy.testing.process import twistd_command  # noqa: E402
 
@@ -97,18 +96,6 @@ def progress(text: str) -> None:
 
 
 # ---------------------------------------------------------------- CPU
-
-
-def cpu_ns(pid: int) -> int:
-    """On-CPU nanoseconds of every thread of C{pid} (/proc/<pid>/task/*/schedstat)."""
-    total = 0
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that just ended
-    return total
 
 
 class CPU:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import json
+import glob
 import os
 import re
 import select
@@ -51,6 +52,18 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     # The command name may hold spaces; the fields after it do not.
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds of every thread of C{pid} (/proc/<pid>/task/*/schedstat)."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total
 
 
 class MachineLoad:

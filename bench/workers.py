@@ -20,7 +20,6 @@ bounded in count and time; every child is stopped by PID at the end.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.harness import Harness  # noqa: E402
+from bench.harness import Harness, cpu_ns  # noqa: E402
 from sniproxy.testing.tls import CertificateAuthority  # noqa: E402
 
 STATIC = "static.bench.test"
@@ -45,17 +44,6 @@ TTL = 2
 
 def progress(text: str) -> None:
     print(f"workers: {text}", file=sys.stderr, flush=True)
-
-
-def cpu_ns(pid: int) -> int:
-    total = 0
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
 
 
 def free_port() -> int:

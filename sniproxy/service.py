@@ -21,7 +21,7 @@ from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
 from sniproxy.backends import BackendBoard
 from sniproxy.config import Config, ConfigError
-from sniproxy.dns import reconfigure_dns, with_dns_cache_file
+from sniproxy.dns import apply_dns, build_dns_service, with_dns_cache_file
 from sniproxy.dns.service import DNSService
 from sniproxy.deferreds import PENDING, peek
 from sniproxy.explain import explain
@@ -71,6 +71,30 @@ def _check_descriptor_limit(max_connections: int) -> None:
             max=max_connections,
             needed=needed,
         )
+
+
+def open_new_ports(service: Any, config: Config) -> dict[str, Any]:
+    """
+    Bind what a reload of C{service} to C{config} adds: its new proxy
+    endpoints (through C{service._bind}, by endpoint string) and a changed
+    admin endpoint (key C{""}).  All or none: on a failure, what was bound
+    is closed again and the error raised.
+    """
+    opened: dict[str, Any] = {}
+    try:
+        for description in config.proxy.listen:
+            if description not in service.ports:
+                opened[description] = service._bind(description)
+        if config.admin.listen and config.admin.listen != service.config.admin.listen:
+            opened[""] = _listen(service.reactor, config.admin.listen, service._admin_site())
+    except Exception:
+        for port in opened.values():
+            try:
+                port.stopListening()
+            except Exception:
+                log.failure("cannot close a port a failed reload opened")
+        raise
+    return opened
 
 
 class ProxyService(MultiService):
@@ -127,14 +151,7 @@ class ProxyService(MultiService):
         parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
         self.dns_service: DNSService | None = None
         if dns_owner is None:
-            self.dns_service = DNSService(
-                self.dns,
-                parts.warm_names,
-                cache_file=config.dns.cache_file,
-                save_interval=config.dns.cache_save_interval,
-                clock=self.clock,
-                reactor=reactor,
-            )
+            self.dns_service = build_dns_service(self.dns, config.dns, parts.warm_names, self.clock, reactor)
             self.dns_service.setServiceParent(self)
         self.access_log = AccessLog(config.log.access, worker=worker)
         self.metrics = ProxyMetrics(live=lambda: len(self.factory.connections), dns_counters=lambda: self.dns.counters)
@@ -292,11 +309,7 @@ class ProxyService(MultiService):
             self.access_log.reopen()
             if self.dns_service is not None:  # a worker's mirror: the main process applies [dns]
                 # [dns] applies now, to the same cache (entries kept).
-                changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
-                self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
-                if changed:
-                    log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
-                self.dns.prefetch(parts.warm_names)
+                apply_dns(self.dns, self.dns_service, old.dns, config.dns, parts.warm_names, self.reactor)
             else:
                 # The mirror keeps the owner's answers under the new bounds.
                 self.dns.reconfigure(config.dns)
@@ -309,19 +322,12 @@ class ProxyService(MultiService):
         log.info("reloaded {path}", path=path)
         return True
 
+    def _bind(self, description: str) -> Any:
+        """Listen on a proxy endpoint (a reload's new one) for this process's factory."""
+        return _listen(self.reactor, description, self.factory)
+
     def _open_new_ports(self, config: Config) -> dict[str, Any]:
-        opened: dict[str, Any] = {}
-        try:
-            for description in config.proxy.listen:
-                if description not in self.ports:
-                    opened[description] = _listen(self.reactor, description, self.factory)
-            if config.admin.listen and config.admin.listen != self.config.admin.listen:
-                opened[""] = _listen(self.reactor, config.admin.listen, self._admin_site())
-        except Exception:
-            for port in opened.values():
-                port.stopListening()
-            raise
-        return opened
+        return open_new_ports(self, config)
 
     def _close_old_ports(self, config: Config, opened: dict[str, Any]) -> None:
         for description in list(self.ports):

@@ -52,11 +52,10 @@ from sniproxy.admin import admin_site
 from sniproxy.assembly import StartError, assemble, build_dns, build_resolver_threads, build_router, validate
 from sniproxy.backends import BackendBoard, HealthState, InstanceStatus
 from sniproxy.config import Config, ConfigError, parse_config
-from sniproxy.dns import reconfigure_dns, with_dns_cache_file
-from sniproxy.dns.service import DNSService
+from sniproxy.dns import apply_dns, build_dns_service, with_dns_cache_file
 from sniproxy.explain import explain
 from sniproxy.metrics import _DNSCollector
-from sniproxy.service import ProxyService, _listen
+from sniproxy.service import ProxyService, _listen, open_new_ports
 from sniproxy.status import StatusCollector
 from sniproxy.workerproto import CHUNK, Drain, Exposition, Ready, Reload, ReopenLogs, UnknownSnapshot
 
@@ -577,14 +576,7 @@ class WorkersService(MultiService):
         self.dns = build_dns(config, reactor, self.clock)
         self.resolver_threads = build_resolver_threads(config, reactor)
         parts = assemble(config, self.clock, dns=self.dns, resolver_threads=self.resolver_threads)
-        self.dns_service = DNSService(
-            self.dns,
-            parts.warm_names,
-            cache_file=config.dns.cache_file,
-            save_interval=config.dns.cache_save_interval,
-            clock=self.clock,
-            reactor=reactor,
-        )
+        self.dns_service = build_dns_service(self.dns, config.dns, parts.warm_names, self.clock, reactor)
         self.dns_service.setServiceParent(self)
         self.backends = BackendBoard(self.clock)
         self.backends.configure(config)
@@ -842,11 +834,7 @@ class WorkersService(MultiService):
                 )
             else:
                 self.supervisor.call(Reload, config=generation).addCallback(self._reloaded)
-            changed = reconfigure_dns(self.dns, old.dns, config.dns, self.reactor)
-            self.dns_service.reconfigure(config.dns.cache_file, config.dns.cache_save_interval)
-            if changed:
-                log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
-            self.dns.prefetch(parts.warm_names)
+            apply_dns(self.dns, self.dns_service, old.dns, config.dns, parts.warm_names, self.reactor)
         except Exception as error:
             # The new config is in force here already: say what did not
             # follow, rather than leave a half-applied reload unsaid.
@@ -857,18 +845,7 @@ class WorkersService(MultiService):
         return True
 
     def _open_new_ports(self, config: Config) -> dict[str, Any]:
-        """Bind C{config}'s new proxy ports (by endpoint) and new admin endpoint (key C{""}); all or none."""
-        opened: dict[str, Any] = {}
-        try:
-            for description in config.proxy.listen:
-                if description not in self.ports:
-                    opened[description] = self._bind(description)
-            if config.admin.listen and config.admin.listen != self.config.admin.listen:
-                opened[""] = _listen(self.reactor, config.admin.listen, self._admin_site())
-        except Exception:
-            _close(opened)
-            raise
-        return opened
+        return open_new_ports(self, config)
 
     def _reloaded(self, answers: list[tuple[int, Any]]) -> None:
         done = 0

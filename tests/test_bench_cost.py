@@ -21,7 +21,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bench import floor_twisted, peers
-from bench.cost import PLANS, cpu_ns, goals, parse_strace_summary
+from bench.cost import PLANS, goals, parse_strace_summary
+from bench.harness import cpu_ns
 from bench.peers import PEERS
 from bench.floor import EdgeFloor, Floor, listener, parse_sni
 from sniproxy.testing.clienthello import make_client_hello, split_records

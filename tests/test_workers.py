@@ -376,10 +376,11 @@ class SupervisorFaultTests(SynchronousTestCase):
         service, path = self.service()
         closed = []
         service._bind = lambda description: SimpleNamespace(stopListening=lambda: closed.append(description))
-        import sniproxy.workers
+        import sniproxy.service
 
+        # The admin endpoint is bound by the reload's shared open_new_ports.
         self.patch(
-            sniproxy.workers, "_listen",
+            sniproxy.service, "_listen",
             lambda reactor, description, factory: SimpleNamespace(stopListening=lambda: closed.append("admin")),
         )
 

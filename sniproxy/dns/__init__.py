@@ -8,9 +8,11 @@ new table to a running cache (a reload).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from sniproxy.config import Config, DNSConfig
 from sniproxy.dns.cache import (
@@ -35,12 +37,16 @@ __all__ = [
     "EntryStatus",
     "Origin",
     "Upstream",
+    "apply_dns",
     "build_dns",
+    "build_dns_service",
     "cache_settings",
     "parse_resolv_conf",
     "reconfigure_dns",
     "with_dns_cache_file",
 ]
+
+log = Logger()
 
 
 def cache_settings(config: DNSConfig) -> dict[str, Any]:
@@ -115,3 +121,33 @@ def with_dns_cache_file(config: Config, path: str | None) -> Config:
     if path is None:
         return config
     return dataclasses.replace(config, dns=dataclasses.replace(config.dns, cache_file=path))
+
+
+def build_dns_service(
+    resolver: CachingResolver, config: DNSConfig, warm_names: Iterable[str], clock: IReactorTime, reactor: Any
+) -> DNSService:
+    """The service that warms, saves and loads C{resolver} as C{config} says (not yet started)."""
+    return DNSService(
+        resolver,
+        warm_names,
+        cache_file=config.cache_file,
+        save_interval=config.cache_save_interval,
+        clock=clock,
+        reactor=reactor,
+    )
+
+
+def apply_dns(
+    resolver: CachingResolver, service: DNSService, old: DNSConfig, new: DNSConfig, warm_names: Iterable[str], reactor: Any
+) -> None:
+    """
+    A reload's C{[dns]} table, applied to the running cache and its service
+    (L{reconfigure_dns}, the cache file's settings), then the new warm
+    names prefetched.
+    """
+    changed = reconfigure_dns(resolver, old, new, reactor)
+    service.reconfigure(new.cache_file, new.cache_save_interval)
+    if changed:
+        log.info("reload: [dns] {keys} changed", keys=", ".join(changed))
+    resolver.prefetch(warm_names)
+

@@ -41,6 +41,7 @@ class Router:
         self.max_pending_per_name = max_pending_per_name
         self.pending: dict[str, int] = {}
         self._now = getattr(source, "resolve_now", None)
+        self._decide = getattr(source, "decide", None)
 
     def decide(self, server_name: str | None) -> Route | None | Deferred[Route | None]:
         """
@@ -52,6 +53,14 @@ class Router:
         """
         if server_name is None:
             return self.fallback
+        decide = self._decide
+        if decide is not None:
+            # The chain goes on asynchronously from the first source that
+            # cannot answer at once: nothing is asked twice.
+            decided = decide(server_name)
+            if isinstance(decided, Deferred):
+                return self._finish(server_name, decided)
+            return self.fallback if decided is None else decided
         now = self._now
         if now is not None:
             route = now(server_name)
@@ -72,7 +81,10 @@ class Router:
         """
         if server_name is None:
             return succeed(self.fallback)
-        d = self.source.resolve(server_name)
+        return self._finish(server_name, self.source.resolve(server_name))
+
+    def _finish(self, server_name: str, d: Deferred[Route | None]) -> Deferred[Route | None]:
+        """A source's answer for C{server_name}, with the fallback, the deadline and the bound on waiters."""
         if d.called:
             # The common case (static routes, warm cache): no timer, no
             # bookkeeping.

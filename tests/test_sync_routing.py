@@ -6,9 +6,9 @@ Deferred path, with the same answer.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sniproxy.deferreds import PENDING
 from sniproxy.interfaces import Address, Route
@@ -127,3 +127,72 @@ class ProxySynchronousRouteTests(SynchronousTestCase):
         self.assertTrue(client.disconnecting)
         client.lose()
         self.assertEqual(harness.records[0].outcome.value, "internal error")
+
+
+class WarmDNSDecisionTests(TestCase):
+    """
+    Warm TXT routes are decided without a Deferred, against the real DNS
+    layer and the in-process DNS server: each cached record is counted
+    once per connection, and nothing is asked twice when the chain has to
+    go on asynchronously.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from sniproxy.dns.cache import CachingResolver
+        from sniproxy.dns.upstream import Upstream
+        from sniproxy.testing.clock import ClockReactor
+        from sniproxy.testing.dns import DNSServer
+
+        self.clock = Clock()
+        self.server = DNSServer(clock=self.clock)
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.server.set_soa("example.com", ttl=300, minimum=60)
+        upstream = Upstream([self.server.address], reactor=ClockReactor(reactor, self.clock))
+        self.cache = CachingResolver(upstream, self.clock)
+        self.addCleanup(self.cache.stop)
+
+    def router(self, *later):
+        from sniproxy.addresses import AddressResolver
+        from sniproxy.apps import AppRegistry
+        from sniproxy.config import parse_config
+        from sniproxy.sources.txt import TXTResolver
+
+        config = parse_config({"apps": {"myapp": {"backends": ["127.0.0.1:9443"]}}})
+        apps = AppRegistry(config.apps, AddressResolver(self.cache))
+        return Router(FallbackChain([TXTResolver(config.routing.txt, self.cache, apps), *later]), self.clock)
+
+    def test_answer_now_counts_nothing_on_a_miss(self):
+        from twisted.names import dns
+
+        before = self.cache.counters.as_dict()
+        self.assertIs(self.cache.answer_now("_dstack-app-address.shop.example.com", dns.TXT), PENDING)
+        self.assertEqual(self.cache.counters.as_dict(), before)
+        self.assertEqual(self.server.log, [])
+
+    @inlineCallbacks
+    def test_warm_txt_route_without_a_deferred(self):
+        self.server.add_txt("_dstack-app-address.shop.example.com", "myapp:443", ttl=300)
+        router = self.router()
+        first = yield router.route("shop.example.com")
+        hits = self.cache.counters.hits
+        decided = router.decide("shop.example.com")
+        self.assertNotIsInstance(decided, Deferred)
+        self.assertEqual(decided.backends, first.backends)
+        self.assertEqual((decided.source, decided.app, decided.cache), ("txt", "myapp", "hit"))
+        self.assertEqual(self.cache.counters.hits, hits + 1)
+
+    @inlineCallbacks
+    def test_chain_goes_on_without_asking_twice(self):
+        """A name no TXT record routes, with a later source that has no synchronous answer: each record counted once."""
+        later = Scripted("later")
+        router = self.router(later)
+        self.assertIsNone((yield router.route("nothing.example.com")))  # caches the three negative answers
+        negative = self.cache.counters.negative_hits
+        decided = router.decide("nothing.example.com")
+        self.assertIsInstance(decided, Deferred)
+        self.assertIsNone((yield decided))
+        self.assertEqual(self.cache.counters.negative_hits, negative + 3)
+        self.assertEqual(later.asked, ["nothing.example.com", "nothing.example.com"])

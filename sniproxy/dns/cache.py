@@ -69,6 +69,8 @@ from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DNSNameError, DomainError
 from twisted.python.failure import Failure
 
+from sniproxy.deferreds import PENDING, _Pending
+
 __all__ = [
     "Answer",
     "CacheEntry",
@@ -653,6 +655,36 @@ class CachingResolver(common.ResolverBase):
         if not self._clear(key, now):
             return defer.fail(Failure(self._backoff[key][1]))
         return self._fetch(key, MISS)
+
+    def answer_now(self, name: str, type: int, cls: int = dns.IN) -> Answer | _Pending:
+        """
+        The answer of a fresh entry, without a L{Deferred}: what L{query}
+        would fire with at once for a hit (counted as one, refreshed ahead
+        the same way); L{PENDING} for anything else (a miss, a stale entry,
+        a bad name), for which nothing is counted and nothing sent: ask
+        L{query}.
+        """
+        try:
+            key = (normalise(name), type, cls)
+        except ValueError:
+            return PENDING
+        entry = self._entries.get(key)
+        if entry is None or entry.generation != self._generation:
+            return PENDING
+        now = self._clock.seconds()
+        if now >= entry.expires:
+            return PENDING
+        self._entries.move_to_end(key)
+        entry.hits += 1
+        if entry.negative is None:
+            self.counters.hits += 1
+            answer = self._answer(key, entry, HIT, now)
+        else:
+            self.counters.negative_hits += 1
+            answer = self._answer(key, entry, NEGATIVE, now)
+        if now >= entry.refresh and key not in self._flights and self._clear(key, now):
+            self._fetch(key)
+        return answer
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
         return self.query(name, type, cls).addCallback(_sections)

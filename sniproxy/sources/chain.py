@@ -25,35 +25,54 @@ class FallbackChain:
 
     def __init__(self, sources: Sequence[IResolver]) -> None:
         self.sources = tuple(sources)
-        # The sources' synchronous answers, up to the first source that has
-        # none (from there on only resolve() can answer).
-        nows = []
-        for source in self.sources:
-            now = getattr(source, "resolve_now", None)
+        # Each source's synchronous answer (C{resolve_now}), or None for a
+        # source that has none.
+        self._nows = tuple(getattr(source, "resolve_now", None) for source in self.sources)
+
+    def decide(self, server_name: str) -> Route | None | Deferred[Route | None]:
+        """
+        Like L{resolve}, but without a L{Deferred} while the sources answer
+        synchronously (C{resolve_now}: static IP-literal routes, known
+        subdomains, fresh TXT entries, names nothing matches).  From the
+        first source that cannot, the chain goes on asynchronously from
+        that source: no source before it is asked twice.
+
+        @return: a L{Route}, C{None}, or a L{Deferred} as L{resolve} gives.
+        """
+        for index, now in enumerate(self._nows):
             if now is None:
-                break
-            nows.append(now)
-        self._nows = tuple(nows)
-        self._all_now = len(nows) == len(self.sources)
+                return self._walk(server_name, index)
+            route = now(server_name)
+            if route is PENDING:
+                return self._walk(server_name, index)
+            if route is not None:
+                return route
+        return None
 
     def resolve_now(self, server_name: str) -> Route | None | _Pending:
         """
-        The chain's answer without a L{Deferred}, when the sources that give
-        synchronous answers (C{resolve_now}) decide it; L{PENDING} when
-        L{resolve} must be asked.
+        The chain's answer without a L{Deferred}, when the sources decide
+        it synchronously; L{PENDING} when L{resolve} must be asked (see
+        L{decide}, which goes on from there instead).
         """
         for now in self._nows:
+            if now is None:
+                return PENDING
             route = now(server_name)
             if route is not None:
                 return route  # a route, or PENDING
-        return None if self._all_now else PENDING
+        return None
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
+        return self._walk(server_name, 0)
+
+    def _walk(self, server_name: str, start: int) -> Deferred[Route | None]:
         # Most names are answered synchronously (static routes, warm DNS
         # cache): walk the sources without building a coroutine while their
         # answers are already there.
-        for index, source in enumerate(self.sources):
-            d = source.resolve(server_name)
+        sources = self.sources
+        for index in range(start, len(sources)):
+            d = sources[index].resolve(server_name)
             result = peek(d)
             if result is PENDING:
                 return Deferred.fromCoroutine(self._resolve(server_name, d, index + 1))

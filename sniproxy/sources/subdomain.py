@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from sniproxy.apps import AppRegistry
 from sniproxy.config import SubdomainPolicy
+from sniproxy.deferreds import PENDING, _Pending, peek
 from sniproxy.interfaces import IResolver, Route, RouteRefused
 
 __all__ = ["SubdomainResolver", "readings"]
@@ -84,6 +85,30 @@ class SubdomainResolver:
         self.base_domains = frozenset(base_domains)
         self.apps = apps
         self.reject = policy is SubdomainPolicy.REJECT
+
+    def resolve_now(self, server_name: str) -> Route | None | _Pending:
+        """
+        The answer without a L{Deferred} when the app's addresses are
+        known; L{PENDING} when only L{resolve} can answer (a refusal, or
+        instances still to be resolved).
+        """
+        label, _, parent = server_name.partition(".")
+        if parent not in self.base_domains:
+            return None if self._base_above(parent) is None else PENDING
+        for app, port, passthrough in readings(label):
+            if app in self.apps:
+                break
+        else:
+            return None
+        if not passthrough and self.reject:
+            return PENDING
+        backends = peek(self.apps.backends(app, port))
+        if type(backends) is not tuple:
+            return PENDING
+        detail = f"{label}.{parent} -> app {app} port {port}"
+        if not passthrough:
+            detail += " (no 's': passed through by routing.subdomain.non_passthrough)"
+        return self._route(backends, app, detail)
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
         label, _, parent = server_name.partition(".")

@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from sniproxy.apps import AppRegistry
 from sniproxy.config import TXTConfig
-from sniproxy.deferreds import PENDING, peek
+from sniproxy.deferreds import PENDING, _Pending, peek
 from sniproxy.dns.cache import describe_error
 from sniproxy.hostnames import show
 from sniproxy.interfaces import IResolver, Route, RouteRefused, RoutingError
@@ -127,6 +127,7 @@ class TXTResolver:
         self.legacy_prefix = config.legacy_prefix + "." if config.legacy_prefix else ""
         self.wildcard_prefix = config.wildcard_prefix + "." if config.wildcard_prefix else ""
         self._decisions: dict[tuple[str, tuple[bytes, ...]], _Decision] = {}
+        self._answer_now = getattr(dns_resolver, "answer_now", None)
 
     def owners(self, server_name: str) -> list[str]:
         """The owner names asked for C{server_name}, in order."""
@@ -136,6 +137,35 @@ class TXTResolver:
         if self.wildcard_prefix and "." in server_name:
             owners.append(self.wildcard_prefix + server_name.partition(".")[2] + ".")
         return owners
+
+    def resolve_now(self, server_name: str) -> Route | None | _Pending:
+        """
+        The answer without a L{Deferred} when every record it needs is a
+        fresh cache entry (L{CachingResolver.answer_now}) and the app's
+        addresses are known; L{PENDING} otherwise (a miss, a stale entry,
+        a broken or refused record: L{resolve} answers those, and says
+        why).
+        """
+        answer_now = self._answer_now
+        if answer_now is None:
+            return PENDING
+        trace: list[str] = []
+        for owner in self.owners(server_name):
+            if len(owner) > 254:
+                return PENDING
+            answer = answer_now(owner, dns.TXT)
+            if answer is PENDING:
+                return PENDING
+            trace.append(_trace(owner, answer))
+            decision = self._decide(server_name, owner, answer)
+            if decision is not None:
+                if decision.error:
+                    return PENDING
+                backends = peek(self.apps.backends(decision.app, decision.port))
+                if type(backends) is not tuple:
+                    return PENDING
+                return self._route(decision, answer, tuple(trace), backends)
+        return None
 
     def resolve(self, server_name: str) -> Deferred[Route | None]:
         owners = self.owners(server_name)

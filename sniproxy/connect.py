@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from sniproxy.addresses import is_ip_literal
 from sniproxy.interfaces import Address
+from sniproxy.transport import SocketTransport
 
 __all__ = ["ConnectError", "connect"]
 
@@ -84,8 +85,8 @@ class _RawAttempt:
     """
     One address's connection attempt as a bare non-blocking socket: a
     C{connect_ex}, a write interest until the kernel has an answer, then
-    (on success) the socket handed to C{reactor.adoptStreamConnection}.
-    No Connector, no resolver Deferred, no timer of its own.
+    (on success) the socket made the protocol's L{SocketTransport}.  No
+    Connector, no resolver Deferred, no timer of its own.
     """
 
     def __init__(self, race: _Race, address: Address, started: float) -> None:
@@ -131,21 +132,17 @@ class _RawAttempt:
         self._adopt()
 
     def _adopt(self) -> None:
-        """Connected: the socket becomes a reactor transport for the race's protocol."""
+        """
+        Connected: the socket itself becomes the winner's transport (a
+        L{SocketTransport}: no duplicate descriptor, no C{tcp} transport).
+        """
         sock, self.socket = self.socket, None
-        try:
-            # The reactor's transport gets a duplicate of the descriptor.
-            self.race.reactor.adoptStreamConnection(sock.fileno(), self.family, self)
-        except OSError as e:
-            # No descriptor for the duplicate (EMFILE, say): this address
-            # failed; the race goes on (next turn, as a Connector reports).
-            self.race.clock.callLater(0, self._failed, e.errno or errno.EIO)
-        finally:
-            sock.close()
-
-    def buildProtocol(self, addr):
-        """For C{adoptStreamConnection}: the race's protocol, or C{None} (lost the race)."""
-        return self.race.won(self)
+        protocol = self.race.won(self)
+        if protocol is None:
+            sock.close()  # lost the race
+            return
+        address = self.address
+        protocol.makeConnection(SocketTransport(sock, protocol, self.race.reactor, (address.host, address.port)))
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -358,8 +355,8 @@ def connect(
     @param health: an observer of each attempt's fate (see the module
         docstring), or C{None}.
     @param raw: connect with bare non-blocking sockets watched by
-        C{reactor.addWriter} and adopted by C{reactor.adoptStreamConnection}
-        (C{reactor} must provide C{IReactorFDSet} and C{IReactorSocket} and
+        C{reactor.addWriter}, the winner's becoming its
+        L{SocketTransport} (C{reactor} must provide C{IReactorFDSet} and
         really poll), instead of C{reactor.connectTCP}.
     @param deadlines: a L{sniproxy.deadlines.Deadlines} to keep the
         C{timeout} on (to within its resolution) instead of a

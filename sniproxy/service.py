@@ -29,6 +29,7 @@ from sniproxy.interfaces import Address
 from sniproxy.metrics import ProxyMetrics
 from sniproxy.proxy import ProxyFactory
 from sniproxy.status import StatusCollector
+from sniproxy.transport import serve_accepts
 
 __all__ = ["ProxyService", "StartError"]
 
@@ -50,6 +51,9 @@ def _listen(reactor, description: str, factory) -> Any:
         error = port.value
         reason = getattr(error, "socketError", None) or error
         raise StartError(f"cannot listen on {description}: {reason}")
+    if isinstance(factory, ProxyFactory):
+        # Accepted connections get the lean transport (sniproxy.transport).
+        serve_accepts(port)
     host = port.getHost()
     log.info("listening on {address} ({endpoint})", address=str(Address(host.host, host.port)), endpoint=description)
     return port

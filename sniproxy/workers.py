@@ -58,6 +58,7 @@ from sniproxy.metrics import _DNSCollector
 from sniproxy.service import ProxyService, _listen, open_new_ports
 from sniproxy.status import StatusCollector
 from sniproxy.workerproto import CHUNK, Drain, Exposition, Ready, Reload, ReopenLogs, UnknownSnapshot
+from sniproxy.transport import serve_accepts
 
 __all__ = [
     "Supervisor",
@@ -953,6 +954,7 @@ def _adopt(reactor: Any, fd: int, factory: Any) -> Any:
     probe.close()
     port = reactor.adoptStreamPort(fd, family, factory)
     os.close(fd)
+    serve_accepts(port)  # the lean transport, as in a single process
     return port
 
 

@@ -8,7 +8,6 @@ health observer, and leaves no descriptor behind when abandoned.
 from __future__ import annotations
 
 import os
-import errno
 import socket
 
 from twisted.internet import reactor
@@ -18,6 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from sniproxy.connect import ConnectError, connect
 from sniproxy.interfaces import Address
+from sniproxy.transport import SocketTransport
 
 
 class Ready(Protocol):
@@ -110,25 +110,21 @@ class RawConnectTests(TestCase):
         self.assertEqual(protocol.transport.getPeer().port, self.address.port)
         protocol.transport.loseConnection()
 
-    @inlineCallbacks
-    def test_failed_adopt_fails_over(self):
-        """An adopt that cannot duplicate the descriptor fails that address; the next one is tried."""
-        real = reactor.adoptStreamConnection
-        calls = []
-
-        def adopt(fd, family, factory):
-            calls.append(fd)
-            if len(calls) == 1:
-                raise OSError(errno.EMFILE, "Too many open files")
-            return real(fd, family, factory)
-
-        self.patch(reactor, "adoptStreamConnection", adopt)
-        health = Health()
-        second = Address("127.0.0.1", self.address.port)
-        protocol = yield self.start([self.address, second], stagger=5.0, health=health)
-        self.assertEqual(len(calls), 2)
-        self.assertEqual([event[0] for event in health.events], ["failed", "won"])
+    def test_the_socket_becomes_the_transport(self):
+        """
+        The connected socket itself is the winner's L{SocketTransport}: no
+        duplicate descriptor, and closing it leaves none behind.
+        """
+        before = open_fds()
+        protocol = self.successResultOf(self.start([self.address]))
+        self.assertIsInstance(protocol.transport, SocketTransport)
+        self.assertEqual(protocol.transport.fileno(), protocol.transport.socket.fileno())
+        # The one new descriptor is our end; the listener's accepted end may
+        # not exist yet, and is counted once it does.
+        self.assertLessEqual(open_fds() - before, 2)
         protocol.transport.loseConnection()
+        self.assertFalse(protocol.transport.connected)
+        self.assertEqual(protocol.transport.fileno(), -1)
 
     def black_hole(self) -> Address:
         """

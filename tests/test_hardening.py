@@ -46,6 +46,7 @@ from sniproxy.testing.clienthello import make_client_hello
 from sniproxy.testing.dns import DNSServer
 from sniproxy.testing.proxy import running_proxy
 from sniproxy.testing.tls import Collect
+from tests.test_proxy import queued
 
 # A listen string with a backlog big enough for a burst of connects (the
 # Twisted default of 50 makes the kernel drop SYNs, and the client retry a
@@ -271,7 +272,7 @@ class BackendFaultTests(TestCase):
         else:
             self.fail("the client was never paused for good")
         for transport in (relay.client, relay.backend):
-            self.assertLess(len(transport.dataBuffer) - transport.offset + transport._tempDataLen, 1 << 20)
+            self.assertLess(queued(transport), 1 << 20)
         clock.advance(29)
         yield sleep(0.02)
         self.assertIn(connection, service.factory.connections)

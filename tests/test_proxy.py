@@ -45,6 +45,13 @@ def listen(testcase, factory):
     return port
 
 
+def queued(transport) -> int:
+    """The bytes C{transport} holds for its socket (a L{SocketTransport}'s queue, or a C{tcp} transport's buffers)."""
+    if hasattr(transport, "queued"):
+        return transport.queued
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
 @inlineCallbacks
 def closed_port(testcase) -> int:
     """A loopback port number nobody listens on (connects are refused)."""
@@ -224,7 +231,7 @@ class PortableRelayTests(TestCase):
             for connection in service.factory.connections:
                 if connection.relay is not None:
                     for transport in (connection.relay.client, connection.relay.backend):
-                        buffered.append(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+                        buffered.append(queued(transport))
 
         sampler = LoopingCall(sample)
         sampler.start(0.001)

@@ -146,6 +146,7 @@ class Relay:
         self.down = 0
         self.last_activity = clock.seconds()
         self.close_reason: str | None = None
+        self._stalled_at_close = ""
         self._client_eof = False
         self._backend_eof = False
         self._client_lost = False
@@ -173,8 +174,12 @@ class Relay:
     def stalled(self) -> str:
         """
         Which side, if any, is not reading what it is sent (its send buffer
-        is full, so the other side's reads are paused), for log lines.
+        is full, so the other side's reads are paused), for log lines:
+        once the relay is closing, as it was when it began to close (the
+        flush on closing may drain what was stuck).
         """
+        if self.close_reason is not None:
+            return self._stalled_at_close
         if self.pump is not None:
             return self.pump.stalled
         if self._client_valve is None:
@@ -291,6 +296,7 @@ class Relay:
         reason given is the one reported, once both connections are gone.
         """
         if self.close_reason is None:
+            self._stalled_at_close = self.stalled
             self.close_reason = reason
             # Closing flushes what each side has buffered; a peer that never
             # reads must not keep the pair open for ever.

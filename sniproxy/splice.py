@@ -325,6 +325,8 @@ class SplicePump:
         direction = self.up if dst is self.backend else self.down
         if direction.pending or direction.broken or dst.disconnecting or not dst.connected:
             return
+        if getattr(dst, "write_shut", False):
+            return  # a SocketTransport completed it already (through our writable)
         dst.doWrite()
 
     def close(self) -> None:

@@ -90,6 +90,8 @@ class SocketTransport:
     @ivar disconnecting: whether C{loseConnection} was called.
     @ivar producer: the registered producer, or C{None}.
     @ivar queued: bytes written but not yet taken by the kernel.
+    @ivar write_shut: whether this side's stream has been shut
+        (C{shutdown(SHUT_WR)}, after L{loseWriteConnection}).
     """
 
     connected = True
@@ -98,7 +100,7 @@ class SocketTransport:
     _streaming = False
     _producer_paused = False
     _write_closing = False
-    _write_closed = False
+    write_shut = False
     _reading = False
     _writing = False
     _aborting = False
@@ -255,12 +257,12 @@ class SocketTransport:
             producer.resumeProducing()
         elif self.disconnecting:
             self._lost(DONE)
-        elif self._write_closing and not self._write_closed:
+        elif self._write_closing and not self.write_shut:
             self._shut_write()
         return None
 
     def _shut_write(self) -> None:
-        self._write_closed = True
+        self.write_shut = True
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError:
@@ -288,23 +290,36 @@ class SocketTransport:
     # -- ending
 
     def loseWriteConnection(self) -> None:
-        """Half-close (C{shutdown(SHUT_WR)}) once what is queued is sent."""
+        """
+        Half-close (C{shutdown(SHUT_WR)}) once what is queued is sent: at
+        once when nothing is, through C{doWrite} (so a pump that took it
+        over first flushes what it holds for this side).
+        """
+        if self._write_closing or not self.connected:
+            return
         self._write_closing = True
-        self.startWriting()
+        if self._queue:
+            self.startWriting()
+        else:
+            self.doWrite()
 
     def loseConnection(self) -> None:
-        """Close once what is queued is sent (and the producer, if any, is unregistered)."""
+        """
+        Close once what is queued is sent (and a paused or pull producer
+        is unregistered): at once when nothing is, through C{doWrite} as
+        for L{loseWriteConnection}.
+        """
         if not self.connected or self.disconnecting:
             return
         self.disconnecting = True
         self.stopReading()
-        if self._write_closed or (not self._queue and self.producer is None and "doWrite" not in self.__dict__):
-            # Nothing to flush, and nobody else writes for us: now, not a
-            # reactor turn later.
-            self.stopWriting()
+        if self.write_shut:
+            # Nothing more can be written: doWrite would not end it.
             self._lost(DONE)
-        else:
+        elif self._queue:
             self.startWriting()
+        else:
+            self.doWrite()
 
     def abortConnection(self) -> None:
         """Close now with a reset, dropping what is queued; reported on the next reactor turn."""

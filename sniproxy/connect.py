@@ -22,10 +22,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from _socket import socket as _CSocket
 from typing import Callable, Sequence
 
 from twisted.internet import error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IWriteDescriptor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -35,7 +36,7 @@ from sniproxy.addresses import is_ip_literal
 from sniproxy.interfaces import Address
 from sniproxy.transport import SocketTransport
 
-__all__ = ["ConnectError", "connect"]
+__all__ = ["ConnectError", "connect", "connect_now"]
 
 
 class ConnectError(Exception):
@@ -99,7 +100,8 @@ class _RawAttempt:
     def start(self) -> None:
         reactor = self.race.reactor
         try:
-            sock = self.socket = socket.socket(self.family, socket.SOCK_STREAM)
+            # The C-level socket: no Python-level wrapper to build and close.
+            sock = self.socket = _CSocket(self.family, socket.SOCK_STREAM)
             sock.setblocking(False)
             code = sock.connect_ex((self.address.host, self.address.port))
         except OSError as e:
@@ -204,7 +206,13 @@ class _Race:
         self.started = 0
         self.pending: list[_Attempt] = []
         self.failures: list[str] = []
-        self.result: Deferred[Protocol] = Deferred(self.cancel)
+        # Made only when the caller must wait (see connect_now).
+        self.result: Deferred[Protocol] | None = None
+        # Set once a winner is chosen or the race is given up.
+        self.over = False
+        # The winner's protocol once its connectionMade ran, or the
+        # ConnectError; None while neither.
+        self.outcome: Protocol | ConnectError | None = None
         self.stagger_call: IDelayedCall | None = None
         if deadlines is not None:
             # On the factory's coarse deadlines (within 0.1 s), no timer of its own.
@@ -226,7 +234,7 @@ class _Race:
             attempt = _RawAttempt(self, address, self.clock.seconds())
             self.pending.append(attempt)
             attempt.start()
-            if self.result.called:
+            if self.over:
                 return  # connected at once (or the race is over): no stagger
         else:
             attempt = _Attempt(self, address, self.clock.seconds())
@@ -240,7 +248,7 @@ class _Race:
             self.stagger_call = self.clock.callLater(self.stagger, self.start_next)
 
     def won(self, attempt: _Attempt) -> Protocol | None:
-        if self.result.called:
+        if self.over:
             # Another address won (or we gave up) while this one connected.
             return None
         self.pending.remove(attempt)
@@ -255,7 +263,7 @@ class _Race:
                     health.attempt_dropped(other.address)
             self.pending_reported = True
         self.finish()
-        protocol = self.build(self.result.callback)
+        protocol = self.build(self.settle)
         # Which address this is, as configured (the peer address the
         # kernel reports may be spelt differently).
         protocol.address = attempt.address
@@ -298,7 +306,31 @@ class _Race:
         self.finish()
         if not self.failures:
             self.failures.append("no addresses")
-        self.result.errback(ConnectError("; ".join(self.failures)))
+        self.settle(ConnectError("; ".join(self.failures)))
+
+    def settle(self, outcome) -> None:
+        """The race's answer: the winner's protocol (from its C{connectionMade}), or a L{ConnectError}."""
+        self.outcome = outcome
+        result = self.result
+        if result is not None:
+            if isinstance(outcome, ConnectError):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+    def deferred(self) -> Deferred[Protocol]:
+        """The answer as a L{Deferred} (cancelling it abandons every attempt)."""
+        result = self.result
+        if result is None:
+            result = self.result = Deferred(self.cancel)
+            outcome = self.outcome
+            if outcome is not None:
+                self.result = None  # already answered: nothing more to fire
+                if isinstance(outcome, ConnectError):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+        return result
 
     def cancel(self, result: Deferred) -> None:
         self.finish()
@@ -306,6 +338,7 @@ class _Race:
     pending_reported = False
 
     def finish(self) -> None:
+        self.over = True
         for call in (self.stagger_call, self.timeout_call):
             if call is not None and call.active():
                 call.cancel()
@@ -365,9 +398,34 @@ def connect(
         C{connectionMade} has run, or failing with L{ConnectError} when every address
         failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
+    connected = connect_now(reactor, clock, addresses, build, timeout, stagger, health, raw, deadlines)
+    if isinstance(connected, Deferred):
+        return connected
+    return succeed(connected)
+
+
+def connect_now(
+    reactor: IReactorTCP,
+    clock: IReactorTime,
+    addresses: Sequence[Address],
+    build: Callable[[Callable[[Protocol], None]], Protocol],
+    timeout: float = 5.0,
+    stagger: float = 0.25,
+    health=None,
+    raw: bool = False,
+    deadlines=None,
+) -> Protocol | Deferred[Protocol]:
+    """
+    L{connect}, answering the winner's protocol itself when the connection
+    is made at once (a loopback or other near backend, with C{raw}): no
+    L{Deferred} at all.  Otherwise the same L{Deferred} as L{connect}.
+    """
     race = _Race(reactor, clock, addresses, build, timeout, stagger, health, raw, deadlines)
     if addresses:
         race.start_next()
     else:
         race.fail()
-    return race.result
+    outcome = race.outcome
+    if outcome is not None and not isinstance(outcome, ConnectError):
+        return outcome
+    return race.deferred()

@@ -35,7 +35,7 @@ from sniproxy.accesslog import AccessLog
 from sniproxy.clientnets import ClientNetworks, RefusalLog
 from sniproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from sniproxy.config import ProxyConfig
-from sniproxy.connect import ConnectError, connect
+from sniproxy.connect import ConnectError, connect_now
 from sniproxy.deadlines import Deadlines
 from sniproxy.interfaces import Address, Route, RoutingError
 from sniproxy.metrics import ProxyMetrics
@@ -249,7 +249,7 @@ class ClientConnection(Protocol):
             if backends is None:
                 self.factory.app_over_limit(self, route.app, board.live(route.app))
                 return
-        d = self.pending = connect(
+        connected = connect_now(
             self.factory.reactor,
             self.clock,
             backends,
@@ -260,6 +260,11 @@ class ClientConnection(Protocol):
             raw=self.factory.raw_connect,
             deadlines=self.factory.deadlines,
         )
+        if not isinstance(connected, Deferred):
+            # Connected at once (a near backend): no Deferred at all.
+            self._connected(connected)
+            return
+        d = self.pending = connected
         d.addCallbacks(self._connected, self._failed, errbackArgs=(ConnectError, Outcome.BACKEND_UNREACHABLE))
         d.addErrback(self._crashed)
 

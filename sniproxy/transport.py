@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any
+from _socket import socket as _CSocket
+from typing import Any, Callable
 
 from twisted.internet import error, main
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -59,6 +60,8 @@ from twisted.internet.interfaces import (
     ISystemHandle,
     ITCPTransport,
 )
+from twisted.logger import Logger
+from twisted.python import reflect
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -75,6 +78,8 @@ READ_SIZE = 1 << 16
 DONE = Failure(error.ConnectionDone())
 LOST = Failure(error.ConnectionLost())
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+_log = Logger()
 _TCP = socket.IPPROTO_TCP
 _NODELAY = socket.TCP_NODELAY
 
@@ -402,21 +407,83 @@ def _accepted(sock: socket.socket, protocol, addr: tuple, server, sessionno: int
     return SocketTransport(sock, protocol, reactor, addr)
 
 
+# How many connections one readable event of a listening socket accepts at
+# most, so a flood cannot starve the connections already open.
+ACCEPTS_PER_EVENT = 64
+
+
+def _accept_loop(port) -> Callable[[], None]:
+    """
+    The listening C{port}'s C{doRead}: accept what is waiting, each
+    connection a C-level socket (no Python-level socket wrapper) in a
+    L{SocketTransport}, built for C{port.factory}.
+    """
+    listening = port.socket
+    accept = listening._accept
+    family = listening.family
+    ipv6 = family == socket.AF_INET6
+    build = port.factory.buildProtocol
+    reactor = port.reactor
+    twisteds = type(port).doRead
+
+    def doRead() -> None:
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                fd, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                # Descriptor exhaustion and the rest: Twisted's own accept
+                # loop handles them (it keeps a descriptor in reserve to
+                # shed the connection with) and logs them.
+                return twisteds(port)
+            sock = _CSocket(family, socket.SOCK_STREAM, 0, fd)
+            try:
+                if ipv6:
+                    host, _ = socket.getnameinfo(addr, _NUMERIC)  # with its scope id
+                    address = IPv6Address("TCP", host, *addr[1:4])
+                else:
+                    address = IPv4Address("TCP", addr[0], addr[1])
+                protocol = build(address)
+                if protocol is None:
+                    sock.close()
+                    continue
+                protocol.makeConnection(SocketTransport(sock, protocol, reactor, address))
+            except Exception:
+                # Never the listening socket's end: the reactor would close it.
+                _log.failure("accepting a connection from {address}", address=addr)
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        return None
+
+    return doRead
+
+
 def serve_accepts(port) -> bool:
     """
-    Make the listening C{port} give each connection it accepts a
-    L{SocketTransport} instead of a C{tcp.Server}.
+    Make the listening C{port} accept its connections itself and give each
+    a L{SocketTransport} instead of a C{tcp.Server}.
 
-    The one place this module reaches into Twisted: a
-    C{twisted.internet.tcp.Port} builds each accepted connection's
-    transport by calling its C{transport} attribute with C{(socket,
-    protocol, address, port, session number, reactor)} (a class attribute
-    since Twisted's first releases; its TLS port once set it to
-    C{ssl.Server} the same way).  Everything else of the port -- the
-    accept loop and its handling of descriptor exhaustion, C{getHost},
-    C{stopListening}, C{systemd:} and adopted sockets -- stays Twisted's.
-    C{tests/test_twisted_internals.py} checks the contract on the
-    installed Twisted.
+    The one place this module reaches into Twisted.  It relies on these
+    internals of C{twisted.internet.tcp.Port}, unchanged from Twisted 23.10
+    through 26.10:
+
+      - the reactor calls C{port.doRead()} by attribute lookup at each
+        readable event (as the splice pump relies on for connections), so
+        an instance attribute takes it over;
+      - C{port.socket} is the listening, non-blocking C{socket.socket};
+        C{port.factory} and C{port.reactor} are the port's;
+      - the class's C{doRead} accepts what is waiting, handling descriptor
+        exhaustion, and builds each connection's transport by calling
+        C{port.transport(socket, protocol, address, port, session number,
+        reactor)} (its TLS port once set C{ssl.Server} there the same way).
+
+    Everything else of the port -- C{getHost}, C{stopListening},
+    C{systemd:} and adopted sockets -- stays Twisted's.
+    C{tests/test_twisted_internals.py} checks the contract on the installed
+    Twisted.
 
     @return: whether C{port} is a plain TCP port now serving
         L{SocketTransport}s (anything else -- UNIX sockets, TLS ports,
@@ -428,7 +495,11 @@ def serve_accepts(port) -> bool:
         return False
     if type(port) is not tcp.Port or getattr(port, "transport", None) is not tcp.Server:
         return False
-    if not IReactorFDSet.providedBy(port.reactor):
+    if not IReactorFDSet.providedBy(port.reactor) or not isinstance(getattr(port, "socket", None), socket.socket):
         return False
+    # Twisted's own loop, where ours hands over to it, makes ours too.
     port.transport = _accepted
+    port.doRead = _accept_loop(port)
+    # The reactor asks for it at every event (the class's builds it each time).
+    port.logPrefix = reflect.qual(port.factory.__class__).__str__
     return True

@@ -427,5 +427,6 @@ def connect_now(
         race.fail()
     outcome = race.outcome
     if outcome is not None and not isinstance(outcome, ConnectError):
+        race.outcome = None  # (the protocol keeps the race, not the other way round)
         return outcome
     return race.deferred()

@@ -311,7 +311,8 @@ class Relay:
             self._disarm()
             if self.pump is not None:
                 self.pump.close()
-            self._closed(self)
+            closed, self._closed = self._closed, None  # (no cycle left with the connection)
+            closed(self)
 
     def abort(self, reason: str) -> None:
         """Close both sides at once, dropping whatever is buffered."""

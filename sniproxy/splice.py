@@ -139,6 +139,10 @@ class PipePool:
             pipe.close()
 
 
+def _gone(*args) -> None:
+    """What a closed direction reports progress to."""
+
+
 class _Direction:
     """One direction: C{src}'s socket -> a pipe -> C{dst}'s socket."""
 
@@ -271,6 +275,9 @@ class _Direction:
         if self.pending:
             self._discard()
         self._release()
+        # Both connections are gone: no more events, and no cycle left
+        # through the relay's bound methods.
+        self.moved = self.progressed = _gone
 
 
 class SplicePump:

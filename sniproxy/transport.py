@@ -360,7 +360,12 @@ class SocketTransport:
         sock.close()
         self._queue = []
         self.queued = 0
-        self.protocol.connectionLost(reason)
+        protocol = self.protocol
+        # As Twisted's transports do: the protocol may keep its transport,
+        # but not the other way round, so neither waits for the cyclic
+        # garbage collector.
+        self.protocol = None
+        protocol.connectionLost(reason)
 
     # -- ITCPTransport
 

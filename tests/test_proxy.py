@@ -5,6 +5,7 @@ backends, real bytes.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import random
@@ -565,3 +566,69 @@ class InternalErrorTests(TestCase):
         yield service.factory.drain(5)
         [error] = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(str(error.value), "boom")
+
+
+class NoCyclesTests(TestCase):
+    """
+    A connection's objects are freed by reference counting as it closes,
+    never left for the cyclic garbage collector (whose passes a busy proxy
+    would pay for with every connection).
+    """
+
+    @inlineCallbacks
+    def check(self, splice: bool):
+        class Answer(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(b"answer")
+                self.transport.loseConnection()
+
+        backend = yield listen(self, Factory.forProtocol(Answer))
+        route = f'"a.example" = "127.0.0.1:{backend.getHost().port}"'
+        service, port = running_proxy(self, f"[proxy]\nsplice = {str(splice).lower()}\n[routing.static]\n{route}\n")
+        hello = {"relayed": make_client_hello("a.example"), "rejected": make_client_hello("unrouted.example")}
+
+        @inlineCallbacks
+        def connections(n: int, kind: str):
+            for _ in range(n):
+                client = Collect()
+                protocol = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+                protocol.transport.write(hello[kind])
+                yield client.done
+                yield until_closed(service)
+
+        yield connections(3, "relayed")  # warm: whatever is built once
+        gc.collect()
+        self.addCleanup(gc.set_debug, 0)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        yield connections(10, "relayed")
+        yield connections(5, "rejected")
+        gc.collect()
+        # The proxy's own objects (the test's clients are Twisted's tcp.Client,
+        # whose cycles are not ours to judge).
+        found = sorted(
+            {
+                type(o).__qualname__
+                for o in gc.garbage
+                if type(o).__module__.startswith("sniproxy") and not type(o).__module__.startswith("sniproxy.testing")
+            }
+        )
+        gc.set_debug(0)
+        del gc.garbage[:]
+        self.assertEqual(found, [])
+
+    def test_spliced(self):
+        if not hasattr(os, "splice"):
+            raise SkipTest("no splice(2) here")
+        return self.check(True)
+
+    def test_portable(self):
+        return self.check(False)
+
+
+@inlineCallbacks
+def until_closed(service):
+    for _ in range(2000):
+        if not service.factory.connections:
+            return
+        yield deferLater(reactor, 0.001, lambda: None)
+    raise AssertionError("the proxy did not close the connection")

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from sniproxy.addresses import is_ip_literal
 from sniproxy.interfaces import Address
-from sniproxy.transport import SocketTransport
+from sniproxy.transport import SocketTransport, close_later
 
 __all__ = ["ConnectError", "connect", "connect_now"]
 
@@ -125,12 +125,18 @@ class _RawAttempt:
     def logPrefix(self) -> str:
         return "sniproxy.connect"
 
+    def doRead(self) -> None:
+        """Never asked for (a write interest only); a stray read event is ignored."""
+
     def doWrite(self) -> None:
-        self.race.reactor.removeWriter(self)
         code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
+            self.race.reactor.removeWriter(self)
             self._failed(code)
             return
+        if not _connected(self.socket):
+            return  # a stray event: the kernel has no answer yet
+        self.race.reactor.removeWriter(self)
         self._adopt()
 
     def _adopt(self) -> None:
@@ -139,12 +145,19 @@ class _RawAttempt:
         L{SocketTransport}: no duplicate descriptor, no C{tcp} transport).
         """
         sock, self.socket = self.socket, None
+        reactor = self.race.reactor
         protocol = self.race.won(self)
         if protocol is None:
-            sock.close()  # lost the race
+            close_later(reactor, sock)  # lost the race
             return
         address = self.address
-        protocol.makeConnection(SocketTransport(sock, protocol, self.race.reactor, (address.host, address.port)))
+        transport = SocketTransport(sock, protocol, reactor, (address.host, address.port))
+        try:
+            protocol.makeConnection(transport)
+        except BaseException:
+            # Not left registered with nobody to end it.
+            transport._discard()
+            raise
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -170,7 +183,8 @@ class _RawAttempt:
     def _close(self) -> None:
         sock, self.socket = self.socket, None
         if sock is not None:
-            sock.close()
+            # Its number is not reused within the reactor's batch of events.
+            close_later(self.race.reactor, sock)
 
     def stop(self) -> None:
         """Abandon this attempt (another won, or the connection went away)."""

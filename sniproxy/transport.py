@@ -61,11 +61,12 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import reflect
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["BUFFER_SIZE", "DONE", "LOST", "SocketTransport", "serve_accepts"]
+__all__ = ["BUFFER_SIZE", "DONE", "LOST", "SocketTransport", "close_later", "serve_accepts"]
 
 # Queued bytes past which a streaming producer is paused (Twisted's own
 # transports' bufferSize).
@@ -212,7 +213,7 @@ class SocketTransport:
             self.reactor.removeWriter(self)
 
     def write(self, data: bytes) -> None:
-        if not data or not self.connected or self._write_closing:
+        if not data or not self.connected or self.write_shut:
             return
         if not self._queue:
             # Nothing queued: straight to the kernel, which takes a relayed
@@ -356,8 +357,10 @@ class SocketTransport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             except OSError:
                 pass
-        # Non-inheritable, so ours alone: close() is the whole orderly end.
-        sock.close()
+        # Non-inheritable, so ours alone: close() is the whole orderly end,
+        # made once the reactor's current batch of events is handled.
+        self.fileno = _closed_fileno
+        close_later(self.reactor, sock)
         self._queue = []
         self.queued = 0
         protocol = self.protocol
@@ -367,10 +370,25 @@ class SocketTransport:
         self.protocol = None
         protocol.connectionLost(reason)
 
+    def _discard(self) -> None:
+        """Unregister and close, telling nobody: the protocol never got going."""
+        if self.connected:
+            self.connected = False
+            self.stopReading()
+            self.stopWriting()
+            self.fileno = _closed_fileno
+            close_later(self.reactor, self.socket)
+            self.protocol = None
+
     # -- ITCPTransport
 
     def setTcpNoDelay(self, enabled: bool) -> None:
-        self.socket.setsockopt(_TCP, _NODELAY, enabled)
+        try:
+            self.socket.setsockopt(_TCP, _NODELAY, enabled)
+        except OSError:
+            # A connection reset already (some kernels refuse then, as
+            # Twisted's own transports allow for): its end is on its way.
+            pass
 
     def getTcpNoDelay(self) -> bool:
         return bool(self.socket.getsockopt(_TCP, _NODELAY))
@@ -399,6 +417,57 @@ class SocketTransport:
 
 def _nothing(*args) -> None:
     return None
+
+
+# What a closed transport's fileno answers (a C-level callable, as the
+# open one's is).
+_closed_fileno = (-1).__int__
+
+
+class _Closer:
+    """
+    Sockets to close once the reactor has handled its current batch of
+    events.
+
+    A batch from C{epoll_wait} or C{poll} is a list of descriptor
+    numbers; an event later in the batch for a descriptor closed earlier
+    in it is dropped by the reactor -- unless the number was given to a
+    new socket meanwhile (the kernel gives out the lowest free number:
+    the next accept or backend connect would get it), and then the stale
+    event would reach the new owner.  So a socket we close while handling
+    an event keeps its number until the batch is over.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: list = []
+        self.call = None
+
+    def add(self, reactor, sock) -> None:
+        self.sockets.append(sock)
+        if self.call is None:
+            self.call = reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self.call = None
+        sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+_closer = _Closer()
+
+
+def close_later(reactor, sock) -> None:
+    """
+    Close C{sock}, which the caller has just unregistered from C{reactor},
+    once the reactor has handled the events it is handling now (at the
+    start of its next turn), so its descriptor number cannot be reused
+    within the batch.
+    """
+    _closer.add(reactor, sock)
 
 
 def _address(pair: tuple):
@@ -443,6 +512,7 @@ def _accept_loop(port) -> Callable[[], None]:
                 # shed the connection with) and logs them.
                 return twisteds(port)
             sock = _CSocket(family, socket.SOCK_STREAM, 0, fd)
+            transport = None
             try:
                 if ipv6:
                     host, _ = socket.getnameinfo(addr, _NUMERIC)  # with its scope id
@@ -451,16 +521,17 @@ def _accept_loop(port) -> Callable[[], None]:
                     address = IPv4Address("TCP", addr[0], addr[1])
                 protocol = build(address)
                 if protocol is None:
-                    sock.close()
+                    sock.close()  # (never registered: closed at once)
                     continue
-                protocol.makeConnection(SocketTransport(sock, protocol, reactor, address))
+                transport = SocketTransport(sock, protocol, reactor, address)
+                protocol.makeConnection(transport)
             except Exception:
                 # Never the listening socket's end: the reactor would close it.
                 _log.failure("accepting a connection from {address}", address=addr)
-                try:
+                if transport is not None:
+                    transport._discard()
+                else:
                     sock.close()
-                except OSError:
-                    pass
         return None
 
     return doRead
@@ -502,6 +573,8 @@ def serve_accepts(port) -> bool:
         return False
     if not IReactorFDSet.providedBy(port.reactor) or not isinstance(getattr(port, "socket", None), socket.socket):
         return False
+    if isinstance(port.factory, TLSMemoryBIOFactory):
+        return False  # a TLS listener (listenSSL's port is a tcp.Port too)
     # Twisted's own loop, where ours hands over to it, makes ours too.
     port.transport = _accepted
     port.doRead = _accept_loop(port)

@@ -13,6 +13,7 @@ import socket
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from sniproxy.connect import ConnectError, connect
@@ -153,6 +154,8 @@ class RawConnectTests(TestCase):
     @inlineCallbacks
     def test_cancel_leaves_no_descriptor(self):
         hole = self.black_hole()
+        # A turn first: the reactor's own descriptors exist once it has run.
+        yield deferLater(reactor, 0, lambda: None)
         before = open_fds()
         health = Health()
         d = self.start([hole], health=health)
@@ -160,6 +163,8 @@ class RawConnectTests(TestCase):
         self.assertIn(True, [getattr(w, "race", None) is not None for w in reactor.getWriters()])
         d.cancel()
         yield self.assertFailure(d, CancelledError)
+        # Closed once the reactor has handled this turn's events.
+        yield deferLater(reactor, 0, lambda: None)
         self.assertEqual(open_fds(), before)
         self.assertNotIn(True, [getattr(w, "race", None) is not None for w in reactor.getWriters()])
         self.assertEqual(health.events, [("dropped", hole)])
@@ -174,6 +179,24 @@ class RawConnectTests(TestCase):
         self.assertEqual(health.events[0][:2], ("won", self.address))
         self.assertEqual(health.events[1][:2], ("failed", hole))
         protocol.transport.loseConnection()
+
+    def test_a_stray_event_is_not_a_connection(self):
+        """
+        A read or write event for an attempt still under way (one meant for
+        a socket that had its descriptor number before) neither fails nor
+        completes it.
+        """
+        hole = self.black_hole()
+        health = Health()
+        d = self.start([hole], health=health)
+        [attempt] = [w for w in reactor.getWriters() if getattr(w, "race", None) is not None]
+        attempt.doRead()
+        attempt.doWrite()
+        self.assertNoResult(d)
+        self.assertIn(attempt, reactor.getWriters())
+        self.assertEqual(health.events, [])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
 
     @inlineCallbacks
     def test_timeout_on_a_black_hole(self):

@@ -7,6 +7,7 @@ listening port serving it.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 from twisted.internet import reactor, tcp
@@ -208,11 +209,15 @@ class SocketTransportTests(TestCase):
         self.assertIsInstance(protocol.reason.value, ConnectionDone)
         self.assertGone(transport)
 
+    @inlineCallbacks
     def test_lose_connection_with_nothing_queued_is_at_once(self):
         protocol, transport, theirs = self.pair()
         transport.loseConnection()
         self.assertEqual(protocol.events, ["lost"])
         self.assertGone(transport)
+        # The descriptor itself is closed once the reactor has handled the
+        # events of this turn (its number is not reused within them).
+        yield turn()
         self.assertEqual(drain(theirs), b"")
 
     @inlineCallbacks
@@ -239,6 +244,7 @@ class SocketTransportTests(TestCase):
         self.assertEqual(transport.getHost().port, ours.getsockname()[1])
         transport.abortConnection()
         yield protocol.lost
+        yield turn()
         theirs.settimeout(5)
         with self.assertRaises(ConnectionResetError):
             theirs.recv(10)
@@ -272,11 +278,13 @@ class SocketTransportTests(TestCase):
         self.assertEqual((peer.type, peer.host, peer.port), ("TCP", "127.0.0.1", 1))
         self.assertIs(transport.getPeer(), peer)  # built once
 
+    @inlineCallbacks
     def test_writes_after_close_are_dropped(self):
         protocol, transport, theirs = self.pair()
         transport.loseConnection()
         transport.write(b"late")
         self.assertEqual(transport.queued, 0)
+        yield turn()
         self.assertEqual(drain(theirs), b"")
 
 
@@ -376,3 +384,70 @@ class ServeAcceptsTests(TestCase):
         self.assertTrue(serve_accepts(port))
         self.assertFalse(serve_accepts(port))  # once is enough
         self.assertIs(type(port), tcp.Port)
+
+
+class DescriptorReuseTests(TestCase):
+    """
+    A socket closed while the reactor handles a batch of events keeps its
+    descriptor number until the batch is over, so a stale event later in
+    the batch cannot reach a new socket given the same number.
+    """
+
+    @inlineCallbacks
+    def test_the_number_is_kept_until_the_next_turn(self):
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        protocol = HalfCloser()
+        transport = SocketTransport(ours, protocol, reactor)
+        protocol.makeConnection(transport)
+        number = ours.fileno()
+        transport.loseConnection()
+        self.assertEqual(transport.fileno(), -1)
+        os.fstat(number)  # still ours: no new socket can get it now
+        fresh = socket.socket()
+        self.addCleanup(fresh.close)
+        self.assertNotEqual(fresh.fileno(), number)
+        yield turn()
+        yield turn()
+        with self.assertRaises(OSError):
+            os.fstat(number)
+
+
+class AcceptFailureTests(TestCase):
+    @inlineCallbacks
+    def test_a_protocol_failing_to_start_leaves_nothing_registered(self):
+        """
+        A protocol whose connectionMade raises is logged and its socket
+        unregistered and closed, so the next connection (which may get the
+        same descriptor number) is served.
+        """
+        built = []
+
+        class Fragile(Recorder):
+            def connectionMade(self):
+                if not built:
+                    built.append(None)
+                    raise RuntimeError("a bug in connectionMade")
+                built.append(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Fragile), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        serve_accepts(port)
+        first = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(first.close)
+        yield until(lambda: built, "the first connection")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((yield closed_by_them(first)), b"")
+        second = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(second.close)
+        second.sendall(b"served")
+        yield until(lambda: len(built) == 2 and built[1].data == b"served", "the second connection's bytes")
+
+    def test_tls_ports_are_left_alone(self):
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        port = reactor.listenTCP(0, TLSMemoryBIOFactory(CertificateOptions(), False, Factory.forProtocol(Protocol)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertFalse(serve_accepts(port))
+        self.assertIs(port.transport, tcp.Server)

@@ -532,6 +532,17 @@ def _accept_loop(port) -> Callable[[], None]:
                     transport._discard()
                 else:
                     sock.close()
+                continue
+            # The client sends its first bytes (a ClientHello) right after its
+            # connect completes, so they are often here already: read them now
+            # rather than a reactor turn later (one recv, at worst EAGAIN).
+            try:
+                if transport._reading and transport.doRead() is not None:
+                    transport._lost(LOST)
+            except Exception:
+                # As the reactor does with a descriptor whose doRead raised.
+                _log.failure("reading from {address}", address=addr)
+                transport._lost(Failure())
         return None
 
     return doRead

@@ -375,6 +375,53 @@ class ServeAcceptsTests(TestCase):
         self.assertIsInstance(built[0].transport, SocketTransport)
         self.assertGreaterEqual(len(calls), 2)
 
+    def test_first_bytes_already_there_are_read_at_accept(self):
+        """
+        A client's first bytes that arrived with its connect are read as the
+        connection is accepted, not a reactor turn later.
+        """
+        built = []
+
+        def build():
+            built.append(HalfCloser())
+            return built[-1]
+
+        port = self.listen(Factory.forProtocol(build))
+        serve_accepts(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"hello")
+        # (Loopback: the bytes are queued on the accepted socket by now.)
+        port.doRead()
+        [protocol] = built
+        self.assertEqual(protocol.data, b"hello")
+        protocol.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_a_protocol_failing_on_its_first_bytes_is_closed(self):
+        """An exception from the first read at accept is logged and the connection closed, as the reactor would."""
+        built = []
+
+        class Fragile(Recorder):
+            def dataReceived(self, data):
+                raise RuntimeError("a bug in dataReceived")
+
+        def build():
+            built.append(Fragile())
+            return built[-1]
+
+        port = self.listen(Factory.forProtocol(build))
+        serve_accepts(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"hello")
+        port.doRead()
+        [protocol] = built
+        self.assertEqual(protocol.events, ["lost"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((yield closed_by_them(client)), b"")
+        self.assertTrue(port.connected)
+
     def test_only_plain_tcp_ports(self):
         class NotAPort:
             pass

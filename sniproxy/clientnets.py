@@ -123,6 +123,20 @@ class RefusalLog:
         self.last = float("-inf")
         self.suppressed = 0
 
+    def counted(self) -> bool:
+        """
+        Count one refusal if it falls within the quiet part of the
+        interval, where no line is due.
+
+        @return: C{True} when it was counted (the caller need not build the
+            line's text at all: a flood costs no formatting), C{False} when
+            a line is due (call L{refused}).
+        """
+        if self.clock.seconds() - self.last < self.interval:
+            self.suppressed += 1
+            return True
+        return False
+
     def refused(self, client: str, reason: str) -> None:
         """Log (or count) one refusal of C{client} for C{reason}."""
         now = self.clock.seconds()

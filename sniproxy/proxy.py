@@ -533,7 +533,8 @@ class ProxyFactory(Factory):
         if why is None:
             return False
         if connection is None:
-            self._denied_log.refused(str(Address(host, getattr(addr, "port", 0))), why)
+            if not self._denied_log.counted():
+                self._denied_log.refused(str(Address(host, getattr(addr, "port", 0))), why)
             if self.metrics is not None:
                 self.metrics.denied()
         else:
@@ -574,7 +575,7 @@ class ProxyFactory(Factory):
             return None
         open_now = len(self.connections)
         if settings.max_connections and open_now >= settings.max_connections:
-            self._over_limit(host, addr, f"{open_now} connections open (proxy.max_connections)")
+            self._over_limit(host, addr, open_now, " (proxy.max_connections)")
             return None
         per_client = self._per_client.get(host, 0)
         if (
@@ -584,7 +585,7 @@ class ProxyFactory(Factory):
             # known only from its PROXY header, after this decision.
             and not self.trusts_proxy_header(addr)
         ):
-            self._over_limit(host, addr, f"{per_client} connections open from this address (proxy.max_connections_per_client)")
+            self._over_limit(host, addr, per_client, " from this address (proxy.max_connections_per_client)")
             return None
         self._per_client[host] = per_client + 1
         connection = ClientConnection(self)
@@ -592,11 +593,13 @@ class ProxyFactory(Factory):
         connection.peer_address = addr
         return connection
 
-    def _over_limit(self, host: str, addr, reason: str) -> None:
+    def _over_limit(self, host: str, addr, count: int, limit: str) -> None:
         if self.metrics is not None:
             self.metrics.over_limit()
-        # One line per second at most: a flood must not become a log flood.
-        self._limit_log.refused(str(Address(host, getattr(addr, "port", 0))), reason)
+        # One line per second at most: a flood must not become a log flood,
+        # nor cost the formatting of lines nobody writes.
+        if not self._limit_log.counted():
+            self._limit_log.refused(str(Address(host, getattr(addr, "port", 0))), f"{count} connections open{limit}")
 
     def opened(self, connection: ClientConnection) -> None:
         self.connections.add(connection)

@@ -78,6 +78,24 @@ class JudgeTests(SynchronousTestCase):
         self.assertEqual(len(lines), 2)
         self.assertEqual(lines[1]["suppressed"], 4)
 
+    def test_counted_refusals_need_no_text(self):
+        """Within the quiet interval a refusal is counted without its line's text; the next line says how many."""
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        from twisted.logger import Logger
+
+        clock = Clock()
+        refusals = RefusalLog(Logger(), clock)
+        self.assertFalse(refusals.counted())  # a line is due
+        refusals.refused("127.0.0.2:1", "over the limit")
+        self.assertEqual([refusals.counted() for _ in range(3)], [True, True, True])
+        clock.advance(1.0)
+        self.assertFalse(refusals.counted())
+        refusals.refused("127.0.0.2:2", "over the limit")
+        lines = [e for e in events if e.get("log_format", "").startswith("refused ")]
+        self.assertEqual([line.get("suppressed") for line in lines], [None, 3])
+
 
 class Echo(Protocol):
     def dataReceived(self, data):

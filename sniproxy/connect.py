@@ -29,6 +29,7 @@ from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IWriteDescriptor
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,6 +38,8 @@ from sniproxy.interfaces import Address
 from sniproxy.transport import SocketTransport, close_later
 
 __all__ = ["ConnectError", "connect", "connect_now"]
+
+log = Logger()
 
 
 class ConnectError(Exception):
@@ -145,19 +148,28 @@ class _RawAttempt:
         L{SocketTransport}: no duplicate descriptor, no C{tcp} transport).
         """
         sock, self.socket = self.socket, None
-        reactor = self.race.reactor
-        protocol = self.race.won(self)
-        if protocol is None:
-            close_later(reactor, sock)  # lost the race
-            return
-        address = self.address
-        transport = SocketTransport(sock, protocol, reactor, (address.host, address.port))
+        race, address = self.race, self.address
+        reactor = race.reactor
+        transport = None
         try:
+            protocol = race.won(self)
+            if protocol is None:
+                close_later(reactor, sock)  # lost the race
+                return
+            transport = SocketTransport(sock, protocol, reactor, (address.host, address.port))
             protocol.makeConnection(transport)
-        except BaseException:
-            # Not left registered with nobody to end it.
-            transport._discard()
-            raise
+        except Exception:
+            # A bug in building or starting the protocol: logged, nothing
+            # left registered, and the race answers (the connection is
+            # refused with internal_error) instead of waiting for ever.
+            log.failure("connected to {address}, but could not start the connection", address=str(address))
+            if transport is not None:
+                transport._discard()
+            else:
+                close_later(reactor, sock)
+            if race.outcome is None:
+                race.failures.append(f"{address}: internal error")
+                race.fail()
 
     def connectionLost(self, reason: Failure) -> None:
         """

@@ -444,7 +444,10 @@ class _Closer:
 
     def add(self, reactor, sock) -> None:
         self.sockets.append(sock)
-        if self.call is None:
+        call = self.call
+        # (A pending call someone cancelled -- trial's janitor does, between
+        # tests -- must not leave the sockets waiting for ever.)
+        if call is None or not call.active():
             self.call = reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
@@ -540,9 +543,14 @@ def _accept_loop(port) -> Callable[[], None]:
                 if transport._reading and transport.doRead() is not None:
                     transport._lost(LOST)
             except Exception:
-                # As the reactor does with a descriptor whose doRead raised.
+                # As the reactor does with a descriptor whose doRead raised;
+                # and never the listening socket's end, whatever the
+                # protocol's connectionLost does with it.
                 _log.failure("reading from {address}", address=addr)
-                transport._lost(Failure())
+                try:
+                    transport._lost(Failure())
+                except Exception:
+                    _log.failure("closing the connection from {address}", address=addr)
         return None
 
     return doRead

@@ -180,6 +180,24 @@ class RawConnectTests(TestCase):
         self.assertEqual(health.events[1][:2], ("failed", hole))
         protocol.transport.loseConnection()
 
+    def test_a_protocol_that_cannot_start_fails_the_connect(self):
+        """
+        A bug building or starting the winner's protocol is logged and the
+        connect fails (the client gets internal_error), instead of waiting
+        for ever with nothing left to answer it.
+        """
+
+        class Broken(Ready):
+            def connectionMade(self):
+                raise RuntimeError("a bug in connectionMade")
+
+        health = Health()
+        d = connect(reactor, reactor, [self.address], Broken, raw=True, health=health)
+        error = self.failureResultOf(d, ConnectError).value
+        self.assertEqual(str(error), f"{self.address}: internal error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNotIn(True, [getattr(r, "race", None) is not None for r in reactor.getReaders() + reactor.getWriters()])
+
     def test_a_stray_event_is_not_a_connection(self):
         """
         A read or write event for an attempt still under way (one meant for

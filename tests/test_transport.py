@@ -498,3 +498,62 @@ class AcceptFailureTests(TestCase):
         self.addCleanup(port.stopListening)
         self.assertFalse(serve_accepts(port))
         self.assertIs(port.transport, tcp.Server)
+
+
+class ProtocolBugTests(TestCase):
+    @inlineCallbacks
+    def test_bugs_on_the_first_bytes_and_in_connection_lost_leave_the_port_listening(self):
+        """
+        A protocol raising in dataReceived (on the bytes read at accept) and
+        again in connectionLost is logged; the listening port keeps
+        listening, as with Twisted's own accept loop.
+        """
+        built = []
+
+        class Buggy(Recorder):
+            def dataReceived(self, data):
+                raise RuntimeError("a bug in dataReceived")
+
+            def connectionLost(self, reason):
+                raise ValueError("a bug in connectionLost")
+
+        def build():
+            built.append(Buggy())
+            return built[-1]
+
+        port = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        serve_accepts(port)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"hello")
+        port.doRead()
+        self.assertEqual(len(built), 1)
+        self.assertTrue(port.connected)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual((yield closed_by_them(client)), b"")
+
+
+class CloserTests(TestCase):
+    @inlineCallbacks
+    def test_a_cancelled_flush_does_not_strand_later_closes(self):
+        """
+        The pending flush being cancelled (trial's janitor cancels what a
+        test leaves behind) does not leave later sockets unclosed.
+        """
+        from sniproxy import transport as transport_module
+
+        first, first_peer = socket.socketpair()
+        self.addCleanup(first_peer.close)
+        transport_module.close_later(reactor, first)
+        transport_module._closer.call.cancel()
+        second, second_peer = socket.socketpair()
+        self.addCleanup(second_peer.close)
+        number = second.fileno()
+        transport_module.close_later(reactor, second)
+        yield turn()
+        yield turn()
+        self.assertEqual(first.fileno(), -1)
+        with self.assertRaises(OSError):
+            os.fstat(number)

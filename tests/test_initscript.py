@@ -61,6 +61,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    """
+    Whether C{pid} ends within C{timeout}: the script's stop returns once
+    the process is no longer a sniproxy (its command line is gone as it
+    exits), a moment before the kernel has it a zombie.
+    """
+    return _poll(lambda: not _alive(pid), timeout, 0.02)
+
+
 def _poll(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while True:
@@ -217,7 +226,7 @@ class InitScriptTests(TestCase):
 
         result = self.run_script("stop")
         self.assertExit(result, 0)
-        self.assertFalse(_alive(pid), "the daemon survived stop")
+        self.assertTrue(_gone(pid), "the daemon survived stop")
         self.assertFalse(os.path.exists(self.pidfile), "stop left the pidfile")
         self.assertNotIn("SIGKILL", result.stderr)
 
@@ -244,7 +253,7 @@ class InitScriptTests(TestCase):
         self.assertNotIn("reload of", self.log())
         self.assertExit(self.run_script("status"), 0)
         self.assertExit(self.run_script("stop"), 0)
-        self.assertFalse(_alive(pid))
+        self.assertTrue(_gone(pid))
 
     def test_start_with_a_broken_config_fails_naming_the_key(self):
         self.write_config(BAD_CONFIG)
@@ -273,7 +282,7 @@ class InitScriptTests(TestCase):
         pid = self.start()
         self.assertNotEqual(pid, os.getpid())
         self.assertExit(self.run_script("stop"), 0)
-        self.assertFalse(_alive(pid))
+        self.assertTrue(_gone(pid))
 
     def test_restart_with_a_broken_config_keeps_running(self):
         """
@@ -304,10 +313,10 @@ class InitScriptTests(TestCase):
         new = self.read_pid()
         self.assertIsNotNone(new)
         self.assertNotEqual(new, pid)
-        self.assertFalse(_alive(pid))
+        self.assertTrue(_gone(pid))
         self.assertTrue(_alive(new))
         self.assertExit(self.run_script("stop"), 0)
-        self.assertFalse(_alive(new))
+        self.assertTrue(_gone(new))
 
     def test_restart_when_not_running_starts(self):
         """restart of a stopped proxy just starts it (no check needed: start validates)."""

@@ -390,41 +390,12 @@ def _why(reason: Failure) -> str:
     return {"ConnectionRefused": "refused", "TCPTimedOut": "timed out"}.get(name, f"{name} {text}" if text else name)
 
 
-def connect(
-    reactor: IReactorTCP,
-    clock: IReactorTime,
-    addresses: Sequence[Address],
-    build: Callable[[Callable[[Protocol], None]], Protocol],
-    timeout: float = 5.0,
-    stagger: float = 0.25,
-    health=None,
-    raw: bool = False,
-    deadlines=None,
-) -> Deferred[Protocol]:
+def connect(*args, **kwargs) -> Deferred[Protocol]:
     """
-    Connect to the first of C{addresses} that answers.
-
-    @param addresses: IP literals with ports, tried in order with a head
-        start of C{stagger} seconds each (a refused address passes its turn
-        at once).
-    @param build: makes the protocol for the winning connection (it is
-        called once, for the winner) given a callable that the protocol's
-        C{connectionMade} must call with the protocol itself.  The
-        protocol gets an C{address} attribute: the L{Address} it reached.
-    @param health: an observer of each attempt's fate (see the module
-        docstring), or C{None}.
-    @param raw: connect with bare non-blocking sockets watched by
-        C{reactor.addWriter}, the winner's becoming its
-        L{SocketTransport} (C{reactor} must provide C{IReactorFDSet} and
-        really poll), instead of C{reactor.connectTCP}.
-    @param deadlines: a L{sniproxy.deadlines.Deadlines} to keep the
-        C{timeout} on (to within its resolution) instead of a
-        C{DelayedCall} of its own, or C{None}.
-    @return: a L{Deferred} firing with the protocol once its
-        C{connectionMade} has run, or failing with L{ConnectError} when every address
-        failed or C{timeout} passed.  Cancelling it abandons every attempt.
+    L{connect_now}'s connect, always answered by a L{Deferred} (fired
+    already when the connection was made at once).
     """
-    connected = connect_now(reactor, clock, addresses, build, timeout, stagger, health, raw, deadlines)
+    connected = connect_now(*args, **kwargs)
     if isinstance(connected, Deferred):
         return connected
     return succeed(connected)
@@ -442,9 +413,30 @@ def connect_now(
     deadlines=None,
 ) -> Protocol | Deferred[Protocol]:
     """
-    L{connect}, answering the winner's protocol itself when the connection
-    is made at once (a loopback or other near backend, with C{raw}): no
-    L{Deferred} at all.  Otherwise the same L{Deferred} as L{connect}.
+    Connect to the first of C{addresses} that answers: with the winner's
+    protocol itself when the connection is made at once (a loopback or
+    other near backend, with C{raw}), no L{Deferred} at all; otherwise a
+    L{Deferred}.
+
+    @param addresses: IP literals with ports, tried in order with a head
+        start of C{stagger} seconds each (a refused address passes its turn
+        at once).
+    @param build: makes the protocol for the winning connection (it is
+        called once, for the winner) given a callable that the protocol's
+        C{connectionMade} must call with the protocol itself.  The
+        protocol gets an C{address} attribute: the L{Address} it reached.
+    @param health: an observer of each attempt's fate (see the module
+        docstring), or C{None}.
+    @param raw: connect with bare non-blocking sockets watched by
+        C{reactor.addWriter}, the winner's becoming its
+        L{SocketTransport} (C{reactor} must provide C{IReactorFDSet} and
+        really poll), instead of C{reactor.connectTCP}.
+    @param deadlines: a L{sniproxy.deadlines.Deadlines} to keep the
+        C{timeout} on (to within its resolution) instead of a
+        C{DelayedCall} of its own, or C{None}.
+    @return: the protocol, its C{connectionMade} run; or a L{Deferred}
+        firing with it, or failing with L{ConnectError} when every address
+        failed or C{timeout} passed.  Cancelling it abandons every attempt.
     """
     race = _Race(reactor, clock, addresses, build, timeout, stagger, health, raw, deadlines)
     if addresses:

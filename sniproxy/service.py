@@ -101,6 +101,49 @@ def open_new_ports(service: Any, config: Config) -> dict[str, Any]:
     return opened
 
 
+class ProcessSignals:
+    """
+    A proxy process's signals: SIGHUP reloads, SIGUSR1 reopens the logs,
+    SIGTERM stops gracefully.  Handlers run on the reactor thread; the
+    previous ones come back with L{restore}.  One copy for the single
+    process (L{ProxyService}) and the workers' main process.
+    """
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+        self._previous: list[tuple[int, Any]] = []
+
+    def install(self, reload, reopen_logs, terminate) -> None:
+        # SIGHUP's default action kills the process: handle it from the
+        # start, not once the reactor runs.
+        self._handle(signal.SIGHUP, reload)
+        self._handle(signal.SIGUSR1, reopen_logs)
+        # The reactor installs its own SIGTERM handler as it starts (one
+        # that makes twistd exit by the signal); ours replaces it
+        # afterwards, since a graceful stop is a normal exit, status 0.
+        self.reactor.callWhenRunning(self._handle, signal.SIGTERM, terminate)
+
+    def _handle(self, number: int, handler) -> None:
+        previous = signal.signal(number, lambda *_: self.reactor.callFromThread(handler))
+        self._previous.append((number, previous))
+
+    def stopping(self) -> None:
+        """
+        The process is on its way out: a reload or a log reopen now would
+        be pointless, and SIGHUP's default action would kill it before
+        live connections finish.  SIGTERM stays ours.
+        """
+        if self._previous:
+            for number in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(number, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        """Give back the handlers there were before L{install}."""
+        for number, previous in self._previous:
+            signal.signal(number, previous)
+        self._previous.clear()
+
+
 class ProxyService(MultiService):
     """
     Listens on the configured endpoints and proxies what arrives.
@@ -179,7 +222,7 @@ class ProxyService(MultiService):
         )
         self.ports: dict[str, Any] = {}
         self.admin_port = None
-        self._restore_signals: list[tuple[int, Any]] = []
+        self.signals = ProcessSignals(self.reactor)
         self._terminating = False
 
     def adjust_config(self, config: Config) -> Config:
@@ -208,23 +251,11 @@ class ProxyService(MultiService):
         super().startService()
         if self.handle_signals:
             _check_descriptor_limit(self.config.proxy.max_connections)
-            # SIGHUP's default action kills the process: handle it from
-            # the start, not once the reactor runs.
-            self._handle_signal(signal.SIGHUP, self.reload)
-            self._handle_signal(signal.SIGUSR1, self.reopen_logs)
-            # The reactor installs its own SIGTERM handler as it starts
-            # (one that makes twistd exit by the signal); ours replaces it
-            # afterwards, since a graceful stop is a normal exit, status 0.
-            self.reactor.callWhenRunning(self._handle_signal, signal.SIGTERM, self._terminate)
+            self.signals.install(self.reload, self.reopen_logs, self._terminate)
 
     @inlineCallbacks
     def stopService(self):
-        if self._restore_signals:
-            # The process is on its way out: a reload or a log reopen now
-            # would be pointless, and SIGHUP's default action would kill it
-            # before live connections finish.  SIGTERM stays ours.
-            for number in (signal.SIGHUP, signal.SIGUSR1):
-                signal.signal(number, signal.SIG_IGN)
+        self.signals.stopping()
         self.status.sampler.stop()
         ports = list(self.ports.values())
         self.ports = {}
@@ -239,9 +270,7 @@ class ProxyService(MultiService):
         self.resolver_threads.stop()
         self.factory.stop()
         self.access_log.close()
-        for number, previous in self._restore_signals:
-            signal.signal(number, previous)
-        self._restore_signals.clear()
+        self.signals.restore()
 
     def _admin_site(self):
         # Explain with the running config and the live cache, through a
@@ -256,10 +285,6 @@ class ProxyService(MultiService):
         )
 
     # -- signals
-
-    def _handle_signal(self, number: int, handler) -> None:
-        previous = signal.signal(number, lambda *_: self.reactor.callFromThread(handler))
-        self._restore_signals.append((number, previous))
 
     def reopen_logs(self) -> None:
         """Reopen the access log (after logrotate moved it)."""

@@ -55,7 +55,7 @@ from sniproxy.config import Config, ConfigError, parse_config
 from sniproxy.dns import apply_dns, build_dns_service, with_dns_cache_file
 from sniproxy.explain import explain
 from sniproxy.metrics import _DNSCollector
-from sniproxy.service import ProxyService, _listen, open_new_ports
+from sniproxy.service import ProcessSignals, ProxyService, _listen, open_new_ports
 from sniproxy.status import StatusCollector
 from sniproxy.workerproto import CHUNK, Drain, Exposition, Ready, Reload, ReopenLogs, UnknownSnapshot
 from sniproxy.transport import serve_accepts
@@ -600,7 +600,7 @@ class WorkersService(MultiService):
         )
         self.ports: dict[str, Any] = {}
         self.admin_port = None
-        self._restore_signals: list[tuple[int, Any]] = []
+        self.signals = ProcessSignals(self.reactor)
         self._terminating = False
         self._refreshing: list[defer.Deferred[None]] | None = None
 
@@ -686,15 +686,11 @@ class WorkersService(MultiService):
         self.supervisor.fds = {description: _fd(port) for description, port in self.ports.items()}
         self.supervisor.start()
         if self.handle_signals:
-            self._handle_signal(signal.SIGHUP, self.reload)
-            self._handle_signal(signal.SIGUSR1, self.reopen_logs)
-            self.reactor.callWhenRunning(self._handle_signal, signal.SIGTERM, self._terminate)
+            self.signals.install(self.reload, self.reopen_logs, self._terminate)
 
     @inlineCallbacks
     def stopService(self):
-        if self._restore_signals:
-            for number in (signal.SIGHUP, signal.SIGUSR1):
-                signal.signal(number, signal.SIG_IGN)
+        self.signals.stopping()
         if self.admin_port is not None:
             yield maybeDeferred(self.admin_port.stopListening)
             self.admin_port = None
@@ -713,9 +709,7 @@ class WorkersService(MultiService):
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
-        for number, previous in self._restore_signals:
-            signal.signal(number, previous)
-        self._restore_signals.clear()
+        self.signals.restore()
 
     def _refresh(self) -> defer.Deferred[None]:
         """
@@ -758,10 +752,6 @@ class WorkersService(MultiService):
         )
 
     # -- signals
-
-    def _handle_signal(self, number: int, handler) -> None:
-        previous = signal.signal(number, lambda *_: self.reactor.callFromThread(handler))
-        self._restore_signals.append((number, previous))
 
     def reopen_logs(self) -> defer.Deferred[Any]:
         """Every worker reopens its access log (SIGUSR1)."""

@@ -108,6 +108,31 @@ def closed_by_them(sock: socket.socket):
     return b"".join(received)
 
 
+def accept_one(testcase, protocol_class, first: bytes = b"hello"):
+    """
+    A served port, a client that connected and sent C{first}, and the
+    protocol the port's accept loop built for it (run at once, no reactor
+    turn: on loopback the bytes are queued on the accepted socket by then).
+
+    @return: (port, protocol, client socket)
+    """
+    built = []
+
+    def build():
+        built.append(protocol_class())
+        return built[-1]
+
+    port = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    serve_accepts(port)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    testcase.addCleanup(client.close)
+    client.sendall(first)
+    port.doRead()
+    [protocol] = built
+    return port, protocol, client
+
+
 class SocketTransportTests(TestCase):
     def pair(self, protocol_class=HalfCloser):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -380,43 +405,18 @@ class ServeAcceptsTests(TestCase):
         A client's first bytes that arrived with its connect are read as the
         connection is accepted, not a reactor turn later.
         """
-        built = []
-
-        def build():
-            built.append(HalfCloser())
-            return built[-1]
-
-        port = self.listen(Factory.forProtocol(build))
-        serve_accepts(port)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        client.sendall(b"hello")
-        # (Loopback: the bytes are queued on the accepted socket by now.)
-        port.doRead()
-        [protocol] = built
+        port, protocol, client = accept_one(self, HalfCloser)
         self.assertEqual(protocol.data, b"hello")
         protocol.transport.abortConnection()
 
     @inlineCallbacks
     def test_a_protocol_failing_on_its_first_bytes_is_closed(self):
         """An exception from the first read at accept is logged and the connection closed, as the reactor would."""
-        built = []
-
         class Fragile(Recorder):
             def dataReceived(self, data):
                 raise RuntimeError("a bug in dataReceived")
 
-        def build():
-            built.append(Fragile())
-            return built[-1]
-
-        port = self.listen(Factory.forProtocol(build))
-        serve_accepts(port)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        client.sendall(b"hello")
-        port.doRead()
-        [protocol] = built
+        port, protocol, client = accept_one(self, Fragile)
         self.assertEqual(protocol.events, ["lost"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual((yield closed_by_them(client)), b"")
@@ -508,8 +508,6 @@ class ProtocolBugTests(TestCase):
         again in connectionLost is logged; the listening port keeps
         listening, as with Twisted's own accept loop.
         """
-        built = []
-
         class Buggy(Recorder):
             def dataReceived(self, data):
                 raise RuntimeError("a bug in dataReceived")
@@ -517,18 +515,7 @@ class ProtocolBugTests(TestCase):
             def connectionLost(self, reason):
                 raise ValueError("a bug in connectionLost")
 
-        def build():
-            built.append(Buggy())
-            return built[-1]
-
-        port = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        serve_accepts(port)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        client.sendall(b"hello")
-        port.doRead()
-        self.assertEqual(len(built), 1)
+        port, protocol, client = accept_one(self, Buggy)
         self.assertTrue(port.connected)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)

@@ -633,17 +633,7 @@ class CachingResolver(common.ResolverBase):
             if entry.generation != self._generation:
                 self._schedule(entry)
             if now < entry.expires:
-                self._entries.move_to_end(key)
-                entry.hits += 1
-                if entry.negative is None:
-                    self.counters.hits += 1
-                    answer = self._answer(key, entry, HIT, now)
-                else:
-                    self.counters.negative_hits += 1
-                    answer = self._answer(key, entry, NEGATIVE, now)
-                if now >= entry.refresh and key not in self._flights and self._clear(key, now):
-                    self._fetch(key)
-                return defer.succeed(answer)
+                return defer.succeed(self._fresh_hit(key, entry, now))
             if now < entry.expires + self._max_stale:
                 return self._stale(key, entry, now)
             del self._entries[key]
@@ -674,6 +664,10 @@ class CachingResolver(common.ResolverBase):
         now = self._clock.seconds()
         if now >= entry.expires:
             return PENDING
+        return self._fresh_hit(key, entry, now)
+
+    def _fresh_hit(self, key: Key, entry: _Entry, now: float) -> Answer:
+        """A hit on an entry not yet expired: counted, and refreshed ahead once due."""
         self._entries.move_to_end(key)
         entry.hits += 1
         if entry.negative is None:
